@@ -1,0 +1,87 @@
+"""The constraint check of Algorithm 1: may request r join instance i now?
+
+Three tests, in the paper's order; the first that fails is reported:
+
+1. TTFT. t_total = predicted prefill time of the instance's open window
+   (requests routed at or after its last switch into prefill, each predicted
+   when it was routed) plus r's. Fails
+   if t_total > TTFT SLO. A request alone in a fresh window always passes:
+   nothing could serve it sooner, and refusing would leave it pending forever.
+2. TPOT. The decode stall still to come is the window's remaining predicted
+   prefill time plus r's; the decoding requests' slack ("saved TPOT", see
+   RequestState.saved_tpot) is measured now, so it has already paid for the
+   part of the window that has elapsed. ``mean`` mode (the paper) fails if the
+   mean slack is below the stall; ``min`` mode fails if any request's slack is,
+   protecting the request with the least slack, which the mean does not.
+3. Memory. r reserves its prompt plus a share of its output tokens
+   (``output_reservation``, 1.0 = all of max_tokens: it never runs out of KV
+   mid-decode). Fails if that does not fit in the instance's free KV.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from ecoserve.policy.actions import Constraint
+from ecoserve.policy.instance import InstanceState
+from ecoserve.policy.predictor import PrefillTimePredictor
+from ecoserve.policy.request import RequestState
+from ecoserve.policy.slo import SLO
+
+SlackMode = Literal["mean", "min"]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    failed: Constraint | None  # None: r may go there
+    t_total: float  # predicted prefill seconds of the window including r
+    stall: float  # predicted decode pause still to come, including r
+
+    @property
+    def ok(self) -> bool:
+        return self.failed is None
+
+
+class ConstraintChecker:
+    def __init__(
+        self,
+        slo: SLO,
+        predictor: PrefillTimePredictor,
+        *,
+        slack_mode: SlackMode = "mean",
+        output_reservation: float = 1.0,
+    ) -> None:
+        if slack_mode not in ("mean", "min"):
+            raise ValueError(f"slack_mode must be 'mean' or 'min', got {slack_mode!r}")
+        if not 0.0 <= output_reservation <= 1.0:
+            raise ValueError("output_reservation must be within [0, 1]")
+        self.slo = slo
+        self.predictor = predictor
+        self.slack_mode = slack_mode
+        self.output_reservation = output_reservation
+
+    def kv_need(self, req: RequestState) -> int:
+        """KV tokens r reserves when routed."""
+        return req.prompt_tokens + math.ceil(self.output_reservation * req.max_output_tokens)
+
+    def check(self, inst: InstanceState, req: RequestState, now: float) -> CheckResult:
+        mine = self.predictor.predict(req.prompt_tokens)
+        window_pred = inst.window_pred if inst.window_start is not None else 0.0
+        t_total = window_pred + mine
+        elapsed = 0.0 if inst.window_start is None else now - inst.window_start
+        stall = max(0.0, window_pred - elapsed) + mine
+
+        if inst.window_size and t_total > self.slo.ttft:
+            return CheckResult(Constraint.TTFT, t_total, stall)
+        if inst.dec_n:
+            if self.slack_mode == "mean":
+                slack = inst.mean_slack(now, self.slo.tpot)
+            else:
+                slack = min(r.saved_tpot(now, self.slo.tpot) for r in inst.decoding())
+            if slack < stall:
+                return CheckResult(Constraint.TPOT, t_total, stall)
+        if self.kv_need(req) > inst.kv_free:
+            return CheckResult(Constraint.MEMORY, t_total, stall)
+        return CheckResult(None, t_total, stall)

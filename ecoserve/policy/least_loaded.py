@@ -1,0 +1,44 @@
+"""Baseline: vLLM's own data-parallel balancing (vllm/v1/engine/core_client.py,
+DPLBAsyncMPClient). Score = waiting + running, plus a penalty on waiting
+requests that ramps from 0 at 50% KV usage to 3x at 100%, because a queue on a
+KV-bound engine drains slowly. The scan start rotates so ties spread evenly.
+Counts come from the router's own exact in-flight bookkeeping."""
+
+from __future__ import annotations
+
+from ecoserve.policy.actions import Constraint
+from ecoserve.policy.instance import InstanceState
+from ecoserve.policy.request import RequestState
+from ecoserve.policy.tracking import TrackingRouter
+
+
+def load_score(inst: InstanceState) -> float:
+    waiting = inst.num_waiting
+    score = float(waiting + inst.num_running)
+    if waiting:
+        used = sum(r.prompt_tokens + r.tokens_out for r in inst.requests.values())
+        usage = min(1.0, used / inst.kv_capacity_tokens)
+        score += waiting * 6.0 * max(0.0, usage - 0.5)
+    return score
+
+
+class LeastLoadedRouter(TrackingRouter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._start = 0
+
+    def choose(self, req: RequestState, now: float) -> tuple[InstanceState | None, Constraint | str]:
+        n = len(self._order)
+        best: InstanceState | None = None
+        best_score = float("inf")
+        for k in range(n):
+            inst = self._instances[self._order[(self._start + k) % n]]
+            if not inst.accepting:
+                continue
+            score = load_score(inst)
+            if score < best_score:
+                best, best_score = inst, score
+        if best is None:
+            return None, Constraint.NO_INSTANCE
+        self._start = (self._start + 1) % n
+        return best, "least_loaded"

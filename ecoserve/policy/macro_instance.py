@@ -1,0 +1,87 @@
+"""EcoServe's macro-instance scheduler (Algorithm 1) and its phase windows.
+
+Routing walks the instances cyclically, starting with the one that took the
+previous request, and places the request on the first that passes the
+constraint check. Consecutive requests therefore pile onto one instance until
+its TTFT budget or its decoders' slack runs out; routing then moves on while
+that instance goes back to decoding. That is rolling activation.
+
+Phases: routing a request to an instance that is not in a prefill window opens
+one (``SetPhase(PREFILL)``); once every request of the window has its first
+token the window closes (``SetPhase(DECODE)``) and its requests join the
+decoders whose slack the next window must respect.
+"""
+
+from __future__ import annotations
+
+from ecoserve.policy.actions import Action, Constraint, SetPhase
+from ecoserve.policy.constraints import ConstraintChecker
+from ecoserve.policy.instance import InstanceState
+from ecoserve.policy.phase import Phase
+from ecoserve.policy.request import RequestState
+from ecoserve.policy.tracking import TrackingRouter
+
+
+class MacroInstance(TrackingRouter):
+    def __init__(self, checker: ConstraintChecker, name: str = "m0") -> None:
+        super().__init__()
+        self.checker = checker
+        self.name = name
+        self._cursor = 0  # index in _order of the instance that took the previous request
+
+    def kv_need(self, req: RequestState) -> int:
+        return self.checker.kv_need(req)
+
+    def admits(self, inst: InstanceState, req: RequestState, now: float) -> Constraint | None:
+        if not inst.accepting:
+            return Constraint.NO_INSTANCE
+        return self.checker.check(inst, req, now).failed
+
+    def took(self, inst: InstanceState) -> None:
+        self._cursor = self._order.index(inst.id)
+
+    def choose(self, req: RequestState, now: float) -> tuple[InstanceState | None, Constraint | str]:
+        order = self._order
+        n = len(order)
+        first_failure: Constraint | None = None
+        for k in range(n):
+            idx = (self._cursor + k) % n
+            inst = self._instances[order[idx]]
+            if not inst.accepting:
+                continue
+            failed = self.checker.check(inst, req, now).failed
+            if failed is None:
+                self._cursor = idx
+                return inst, "fits"
+            first_failure = first_failure or failed
+        return None, first_failure or Constraint.NO_INSTANCE
+
+    def detach_instance(self, instance_id: str) -> InstanceState:
+        idx = self._order.index(instance_id)
+        inst = super().detach_instance(instance_id)
+        if idx < self._cursor:
+            self._cursor -= 1
+        if self._cursor >= len(self._order):
+            self._cursor = 0
+        return inst
+
+    # -- phase windows ---------------------------------------------------------------
+
+    def on_placing(self, inst: InstanceState, req: RequestState, now: float) -> tuple[list[Action], bool]:
+        req.predicted_prefill = self.checker.predictor.predict(req.prompt_tokens)
+        if inst.window_start is not None:
+            return [], True
+        inst.open_window(now)
+        return [SetPhase(inst.id, Phase.PREFILL)], True
+
+    def on_started(self, inst: InstanceState, req: RequestState, now: float) -> list[Action]:
+        return self._maybe_close_window(inst, now)
+
+    def on_left(self, inst: InstanceState, req: RequestState, now: float) -> list[Action]:
+        return self._maybe_close_window(inst, now)
+
+    def _maybe_close_window(self, inst: InstanceState, now: float) -> list[Action]:
+        if inst.window_start is None or inst.window_unstarted:
+            return []
+        inst.close_window(now)
+        return [SetPhase(inst.id, Phase.DECODE)]

@@ -1,0 +1,11 @@
+"""The phases an instance can be commanded into (same names as the plugin's)."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Phase(str, Enum):
+    PREFILL = "prefill"  # admit and prefill new requests; decodes pause, keep their KV
+    DECODE = "decode"  # admit nothing new; running requests decode
+    MIXED = "mixed"  # stock vLLM behaviour (baselines)

@@ -1,0 +1,109 @@
+"""Prefill-time predictor: prompt length -> seconds of prefill on one instance.
+
+Two base models, both corrected online by the ratio of observed to predicted
+prefill times (an exponentially weighted mean, so the correction follows drift
+such as a busier host without jumping on one noisy step):
+
+- a measured profile (prompt length -> seconds), interpolated piecewise-linearly
+  and extrapolated along the last segment's slope;
+- a fitted quadratic ``a + b*n + c*n^2`` (attention makes prefill super-linear
+  in the prompt length), fitted by least squares to measured points.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+
+
+class PrefillTimePredictor:
+    def __init__(
+        self,
+        *,
+        points: Sequence[tuple[int, float]] | None = None,
+        coeffs: tuple[float, float, float] | None = None,
+        alpha: float = 0.2,
+        min_ratio: float = 0.2,
+        max_ratio: float = 5.0,
+    ) -> None:
+        if (points is None) == (coeffs is None):
+            raise ValueError("give exactly one of points (a profile) or coeffs (a, b, c)")
+        if points is not None:
+            pts = sorted((int(n), float(s)) for n, s in points)
+            if not pts:
+                raise ValueError("a profile needs at least one (prompt_tokens, seconds) point")
+            if len({n for n, _ in pts}) != len(pts):
+                raise ValueError("profile has duplicate prompt lengths")
+            if any(s < 0 for _, s in pts):
+                raise ValueError("profile has negative times")
+            self._xs = [n for n, _ in pts]
+            self._ys = [s for _, s in pts]
+        self.coeffs = coeffs
+        if not 0 < alpha <= 1:
+            raise ValueError("alpha must be in (0, 1]")
+        self.alpha = alpha
+        self.min_ratio, self.max_ratio = min_ratio, max_ratio
+        self.correction = 1.0
+        self.observations = 0
+
+    @classmethod
+    def fit_quadratic(cls, points: Iterable[tuple[int, float]], **kw) -> PrefillTimePredictor:
+        """Least-squares fit of ``a + b*n + c*n^2`` (normal equations, 3x3)."""
+        pts = [(float(n), float(s)) for n, s in points]
+        if len({n for n, _ in pts}) < 3:
+            raise ValueError("a quadratic fit needs at least three distinct prompt lengths")
+        # Scale n to keep the normal equations well conditioned.
+        scale = max(n for n, _ in pts) or 1.0
+        m = [[0.0] * 4 for _ in range(3)]
+        for n, s in pts:
+            x = n / scale
+            row = (1.0, x, x * x)
+            for i in range(3):
+                for j in range(3):
+                    m[i][j] += row[i] * row[j]
+                m[i][3] += row[i] * s
+        a, b, c = _solve3(m)
+        return cls(coeffs=(a, b / scale, c / scale / scale), **kw)
+
+    def base(self, prompt_tokens: int) -> float:
+        """Uncorrected prediction."""
+        n = prompt_tokens
+        if self.coeffs is not None:
+            a, b, c = self.coeffs
+            return max(0.0, a + b * n + c * n * n)
+        xs, ys = self._xs, self._ys
+        if len(xs) == 1:
+            return ys[0] * n / xs[0] if xs[0] else ys[0]
+        i = bisect.bisect_left(xs, n)
+        i = min(max(i, 1), len(xs) - 1)  # segment [i-1, i]; ends extrapolate
+        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+        return max(0.0, y0 + (y1 - y0) * (n - x0) / (x1 - x0))
+
+    def predict(self, prompt_tokens: int) -> float:
+        return self.base(prompt_tokens) * self.correction
+
+    def observe(self, prompt_tokens: int, seconds: float) -> None:
+        """Fold in one measured prefill (e.g. from an engine's step record)."""
+        base = self.base(prompt_tokens)
+        if base <= 0 or seconds <= 0:
+            return
+        ratio = min(self.max_ratio, max(self.min_ratio, seconds / base))
+        self.correction += self.alpha * (ratio - self.correction)
+        self.observations += 1
+
+
+def _solve3(m: list[list[float]]) -> tuple[float, float, float]:
+    """Gaussian elimination with partial pivoting on a 3x4 augmented matrix."""
+    for col in range(3):
+        piv = max(range(col, 3), key=lambda r: abs(m[r][col]))
+        if abs(m[piv][col]) < 1e-12:
+            raise ValueError("degenerate points: cannot fit a quadratic")
+        m[col], m[piv] = m[piv], m[col]
+        for r in range(col + 1, 3):
+            f = m[r][col] / m[col][col]
+            for k in range(col, 4):
+                m[r][k] -= f * m[col][k]
+    out = [0.0, 0.0, 0.0]
+    for r in (2, 1, 0):
+        out[r] = (m[r][3] - sum(m[r][k] * out[k] for k in range(r + 1, 3))) / m[r][r]
+    return out[0], out[1], out[2]
