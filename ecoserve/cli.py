@@ -34,7 +34,10 @@ def make_model_cmd(path: str, size: str, seed: int, force: bool) -> None:
     to PATH. vLLM (CPU build) loads it with no network access."""
     from ecoserve.models import make_model
 
-    out = make_model(path, size=size, seed=seed, force=force)
+    try:
+        out = make_model(path, size=size, seed=seed, force=force)
+    except ValueError as e:  # e.g. PATH holds something and --force was not given
+        raise click.ClickException(str(e)) from None
     click.echo(f"wrote {size} model to {out}")
 
 
