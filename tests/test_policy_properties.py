@@ -21,7 +21,7 @@ from tests.policy_helpers import macro, overall, req
 # One step of a random run: (kind, time advance, a, b)
 steps = st.lists(
     st.tuples(
-        st.sampled_from(["submit", "submit", "tokens", "tokens", "finish", "tick", "fail", "remove"]),
+        st.sampled_from(["submit", "submit", "tokens", "step", "finish", "tick", "fail", "remove"]),
         st.floats(min_value=0.0, max_value=0.5),
         st.integers(min_value=0, max_value=2000),
         st.integers(min_value=1, max_value=60),
@@ -44,6 +44,8 @@ def run(router, script, on_routed=None, prefix="r"):
             live.append(r.id)
         elif kind == "tokens" and live:
             out = router.on_tokens(live[a % len(live)], 1 + b % 8, now)
+        elif kind == "step" and live:  # one engine step: several requests progress at once
+            out = router.on_progress([(live[(a + j) % len(live)], 1 + (b + j) % 3) for j in range(1 + b % 4)], now)
         elif kind == "finish" and live:
             out = router.on_finish(live.pop(a % len(live)), now)
         elif kind == "fail" and len(router.instances()) > 1 and a % 7 == 0:
@@ -71,6 +73,7 @@ def assert_aggregates_exact(inst):
     assert inst.dec_n == len(dec)
     assert inst.dec_tokens == sum(r.tokens_out for r in dec)
     assert abs(inst.dec_tfirst - sum(r.first_token_at for r in dec)) < 1e-6
+    assert inst.kv_used == sum(r.prompt_tokens + r.tokens_out for r in inst.requests.values())
 
 
 def check_constraints_at_routing(router, act, now):

@@ -286,3 +286,38 @@ def test_split_and_merge_move_instances_with_their_requests():
     s.merge(0, 1, 2.0)
     assert s.layout() == [["i0", "i1", "i2", "i3"]]
     assert {r: s.request(r).instance_id for r in before} == before
+
+
+def test_started_window_members_are_protected_decoders():
+    # a has its first token while the window is still open; in min mode its
+    # slack (one TPOT at 0.1 s) cannot absorb another 0.3 s prefill.
+    m = macro(n=1, mode="min")
+    m.submit(req("a", 100, out=50), 0.0)
+    m.submit(req("b", 100, out=50), 0.0)
+    m.on_tokens("a", 1, 0.1)
+    inst = m.instance("i0")
+    assert inst.window_start is not None and [r.id for r in inst.decoding()] == ["a"]
+    assert m.submit(req("c", 300), 0.1) == [Queued("c", Constraint.TPOT)]
+
+
+def test_decode_margin_counts_one_decode_step_after_the_pause():
+    from ecoserve.policy import ConstraintChecker, SLO
+
+    m = macro(n=1)
+    m.submit(req("d", 100, out=100), 0.0)
+    m.on_tokens("d", 5, 0.1)  # window closes; slack 0.5 s at 0.1 s
+    inst = m.instance("i0")
+    plain = m.checker
+    margin = ConstraintChecker(SLO(1.0, 0.1), plain.predictor, decode_margin_s=0.05)
+    assert plain.check(inst, req("x", 480), 0.1).ok  # stall 0.48 <= 0.5
+    assert margin.check(inst, req("x", 480), 0.1).failed is Constraint.TPOT  # 0.53 > 0.5
+
+
+def test_seats_limit_routes_no_more_than_the_engine_can_admit():
+    m = macro(n=1)
+    m.instance("i0").max_requests = 2
+    m.submit(req("a"), 0.0)
+    m.submit(req("b"), 0.0)
+    assert m.submit(req("c"), 0.0) == [Queued("c", Constraint.SEATS)]
+    m.on_tokens("a", 1, 0.1)
+    assert routed_to(m.on_finish("a", 0.2)) == [("c", "i0")]

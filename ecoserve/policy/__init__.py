@@ -39,10 +39,14 @@ def make_router(
     *,
     slack_mode: str = "mean",
     output_reservation: float = 1.0,
+    decode_margin_s: float = 0.0,
 ) -> Router:
     """The router for a policy name (the CLI's ``--policy``)."""
     if policy == "ecoserve":
-        checker = ConstraintChecker(slo, predictor, slack_mode=slack_mode, output_reservation=output_reservation)
+        checker = ConstraintChecker(
+            slo, predictor, slack_mode=slack_mode, output_reservation=output_reservation,
+            decode_margin_s=decode_margin_s,
+        )
         return OverallScheduler(checker)
     if policy == "round-robin":
         return RoundRobinRouter()

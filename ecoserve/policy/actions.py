@@ -15,6 +15,7 @@ class Constraint(str, Enum):
     TTFT = "ttft"  # the window's predicted prefill time would pass the TTFT SLO
     TPOT = "tpot"  # decoding requests lack the slack to pause that long
     MEMORY = "memory"  # its KV (prompt + output reservation) does not fit
+    SEATS = "seats"  # the engine already holds as many requests as it can run
     NO_INSTANCE = "no_instance"  # nothing healthy and accepting to route to
     QUEUE = "queue"  # earlier requests are pending: FIFO, it waits behind them
 

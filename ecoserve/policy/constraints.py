@@ -8,14 +8,21 @@ Three tests, in the paper's order; the first that fails is reported:
    if t_total > TTFT SLO. A request alone in a fresh window always passes:
    nothing could serve it sooner, and refusing would leave it pending forever.
 2. TPOT. The decode stall still to come is the window's remaining predicted
-   prefill time plus r's; the decoding requests' slack ("saved TPOT", see
-   RequestState.saved_tpot) is measured now, so it has already paid for the
-   part of the window that has elapsed. ``mean`` mode (the paper) fails if the
-   mean slack is below the stall; ``min`` mode fails if any request's slack is,
-   protecting the request with the least slack, which the mean does not.
+   prefill time plus r's, plus ``decode_margin_s`` (after the pause the next
+   token still needs one decode step; drivers pass their estimate of it). The
+   decoders' slack ("saved TPOT", see RequestState.saved_tpot) is measured now,
+   so it has already paid for the part of the window that has elapsed.
+   Decoders are all requests with a first token, including those of the open
+   window: the paper counts only requests routed before the window, but the
+   engine pauses window members too once they have started, and leaving them
+   out let long windows (up to the TTFT SLO) wreck their TPOT. ``mean`` mode
+   (the paper) fails if the mean slack is below the stall; ``min`` mode fails
+   if any request's slack is, protecting the request with the least slack,
+   which the mean does not.
 3. Memory. r reserves its prompt plus a share of its output tokens
    (``output_reservation``, 1.0 = all of max_tokens: it never runs out of KV
-   mid-decode). Fails if that does not fit in the instance's free KV.
+   mid-decode). Fails if that does not fit in the instance's free KV, or
+   (``SEATS``) if the engine already holds as many requests as it can run.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ class ConstraintChecker:
         *,
         slack_mode: SlackMode = "mean",
         output_reservation: float = 1.0,
+        decode_margin_s: float = 0.0,
     ) -> None:
         if slack_mode not in ("mean", "min"):
             raise ValueError(f"slack_mode must be 'mean' or 'min', got {slack_mode!r}")
@@ -61,6 +69,9 @@ class ConstraintChecker:
         self.predictor = predictor
         self.slack_mode = slack_mode
         self.output_reservation = output_reservation
+        if decode_margin_s < 0:
+            raise ValueError("decode_margin_s must be >= 0")
+        self.decode_margin_s = decode_margin_s
 
     def kv_need(self, req: RequestState) -> int:
         """KV tokens r reserves when routed."""
@@ -80,8 +91,10 @@ class ConstraintChecker:
                 slack = inst.mean_slack(now, self.slo.tpot)
             else:
                 slack = min(r.saved_tpot(now, self.slo.tpot) for r in inst.decoding())
-            if slack < stall:
+            if slack < stall + self.decode_margin_s:
                 return CheckResult(Constraint.TPOT, t_total, stall)
         if self.kv_need(req) > inst.kv_free:
             return CheckResult(Constraint.MEMORY, t_total, stall)
+        if not inst.has_seat:
+            return CheckResult(Constraint.SEATS, t_total, stall)
         return CheckResult(None, t_total, stall)

@@ -2,8 +2,9 @@
 
 Besides its requests, an instance keeps running aggregates so the constraint
 check is O(1) rather than a walk over its requests: the open window's size,
-unstarted count and predicted prefill total, and the decoders' count, output
-tokens and first-token times (mean slack = (TPOT * tokens + t_first) / n - now).
+unstarted count and predicted prefill total; the decoders' (every request with
+a first token) count, output tokens and first-token times (mean slack =
+(TPOT * tokens + t_first) / n - now); and the KV tokens its requests hold.
 Every change goes through the transition methods below, which keep them exact;
 ``window()`` and ``decoding()`` recompute membership from scratch.
 """
@@ -31,6 +32,10 @@ class InstanceState:
     requests: dict[str, RequestState] = field(default_factory=dict)
     kv_reserved: int = 0
     url: str = ""  # opaque to the policy; lets drivers keep one record per engine
+    # Requests the engine can hold at once (vLLM's max_num_seqs); None: no limit.
+    # A window must not route more than the engine can admit: in PREFILL it could
+    # neither admit them nor decode to free a seat.
+    max_requests: int | None = None
     # Running aggregates (see the module docstring).
     window_size: int = 0
     window_unstarted: int = 0
@@ -38,6 +43,7 @@ class InstanceState:
     dec_n: int = 0
     dec_tokens: int = 0
     dec_tfirst: float = 0.0
+    kv_used: int = 0  # prompt + output tokens held by its requests (not reservations)
 
     def __post_init__(self) -> None:
         if self.kv_capacity_tokens <= 0:
@@ -59,16 +65,22 @@ class InstanceState:
         return [r for r in self.requests.values() if self.in_window(r)]
 
     def decoding(self) -> list[RequestState]:
-        """Requests that have their first token and are not in the open window."""
-        return [r for r in self.requests.values() if r.started and not self.in_window(r)]
+        """Requests that have their first token: their TPOT clock runs, and
+        every prefill the instance still does pauses them, whether they came in
+        an earlier window or in the open one."""
+        return [r for r in self.requests.values() if r.started]
 
     @property
     def num_waiting(self) -> int:
-        return sum(1 for r in self.requests.values() if not r.started)
+        return len(self.requests) - self.dec_n
 
     @property
     def num_running(self) -> int:
-        return sum(1 for r in self.requests.values() if r.started)
+        return self.dec_n
+
+    @property
+    def has_seat(self) -> bool:
+        return self.max_requests is None or len(self.requests) < self.max_requests
 
     def mean_slack(self, now: float, tpot: float) -> float | None:
         """Mean saved TPOT of the decoders, or None when nothing decodes."""
@@ -86,9 +98,7 @@ class InstanceState:
         self.phase, self.phase_since = Phase.PREFILL, now
 
     def close_window(self, now: float) -> None:
-        """Every window member has its first token: they become decoders."""
-        for r in self.window():
-            self._join_decoders(r)
+        """Every window member has its first token (they are decoders already)."""
         self.window_start = None
         self.window_size = self.window_unstarted = 0
         self.window_pred = 0.0
@@ -97,6 +107,7 @@ class InstanceState:
     def place(self, req: RequestState, in_window: bool) -> None:
         self.requests[req.id] = req
         self.kv_reserved += req.kv_reserved
+        self.kv_used += req.prompt_tokens
         if in_window:
             req.window = self.window_seq
             self.window_size += 1
@@ -107,29 +118,27 @@ class InstanceState:
         """``req`` just had its first token (tokens_out already counted)."""
         if self.in_window(req):
             self.window_unstarted -= 1
-        else:
-            self._join_decoders(req)
+        self.dec_n += 1
+        self.dec_tokens += req.tokens_out
+        self.dec_tfirst += req.first_token_at
+        self.kv_used += req.tokens_out
 
     def add_tokens(self, req: RequestState, count: int) -> None:
         """``count`` more tokens for a request that had started before."""
         req.tokens_out += count
-        if not self.in_window(req):
-            self.dec_tokens += count
+        self.dec_tokens += count
+        self.kv_used += count
 
     def leave(self, req: RequestState) -> None:
         del self.requests[req.id]
         self.kv_reserved -= req.kv_reserved
+        self.kv_used -= req.prompt_tokens + req.tokens_out
         if self.in_window(req):
             self.window_size -= 1
             self.window_pred -= req.predicted_prefill
             if not req.started:
                 self.window_unstarted -= 1
-        elif req.started:
+        if req.started:
             self.dec_n -= 1
             self.dec_tokens -= req.tokens_out
             self.dec_tfirst -= req.first_token_at
-
-    def _join_decoders(self, req: RequestState) -> None:
-        self.dec_n += 1
-        self.dec_tokens += req.tokens_out
-        self.dec_tfirst += req.first_token_at

@@ -14,10 +14,9 @@ from ecoserve.policy.tracking import TrackingRouter
 
 def load_score(inst: InstanceState) -> float:
     waiting = inst.num_waiting
-    score = float(waiting + inst.num_running)
+    score = float(len(inst.requests))
     if waiting:
-        used = sum(r.prompt_tokens + r.tokens_out for r in inst.requests.values())
-        usage = min(1.0, used / inst.kv_capacity_tokens)
+        usage = min(1.0, inst.kv_used / inst.kv_capacity_tokens)
         score += waiting * 6.0 * max(0.0, usage - 0.5)
     return score
 

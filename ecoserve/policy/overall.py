@@ -14,6 +14,8 @@ macro instances; nothing moves off an instance.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from ecoserve.policy.actions import Action, Constraint, Drained, Queued, Rejected, Routed
 from ecoserve.policy.constraints import ConstraintChecker
 from ecoserve.policy.instance import InstanceState
@@ -155,13 +157,24 @@ class OverallScheduler(Router):
             return self._where.get(req.instance_id)
         return next((m for m in self.macros if m.request(req.id) is not None), None)
 
-    def on_tokens(self, request_id: str, count: int, now: float) -> list[Action]:
-        req = self._live.get(request_id)
-        if req is None or req.instance_id is None:
-            return []
-        m = self._where[req.instance_id]
-        actions = self._track(m.on_tokens(request_id, count, now))
-        return actions + self._offer_to(m.instance(req.instance_id), now)
+    def on_progress(self, progress: Iterable[tuple[str, int]], now: float) -> list[Action]:
+        by_macro: dict[int, tuple[MacroInstance, list[tuple[str, int]], set[str]]] = {}
+        for request_id, count in progress:
+            req = self._live.get(request_id)
+            if req is None or req.instance_id is None:
+                continue
+            m = self._where[req.instance_id]
+            entry = by_macro.setdefault(id(m), (m, [], set()))
+            entry[1].append((request_id, count))
+            entry[2].add(req.instance_id)
+        actions: list[Action] = []
+        for m, items, touched in by_macro.values():
+            actions += self._track(m.on_progress(items, now))
+            for iid in touched:
+                inst = m.instance(iid)
+                if inst is not None:
+                    actions += self._offer_to(inst, now)
+        return actions
 
     def on_finish(self, request_id: str, now: float) -> list[Action]:
         req = self._live.pop(request_id, None)

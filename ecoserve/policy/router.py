@@ -8,6 +8,7 @@ here sleeps, awaits or does I/O, so the same object serves both worlds.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 
 from ecoserve.policy.actions import Action
 from ecoserve.policy.instance import InstanceState
@@ -34,8 +35,13 @@ class Router(ABC):
         """A new request: ``Routed``, ``Queued`` or ``Rejected`` (plus phase commands)."""
 
     @abstractmethod
+    def on_progress(self, progress: Iterable[tuple[str, int]], now: float) -> list[Action]:
+        """Output tokens arrived, as (request id, count) pairs (e.g. one engine
+        step's worth); a request's first report is its first token."""
+
     def on_tokens(self, request_id: str, count: int, now: float) -> list[Action]:
-        """``count`` output tokens arrived; the first call is its first token."""
+        """``count`` output tokens arrived for one request."""
+        return self.on_progress(((request_id, count),), now)
 
     @abstractmethod
     def on_finish(self, request_id: str, now: float) -> list[Action]:
@@ -43,7 +49,10 @@ class Router(ABC):
 
     @abstractmethod
     def tick(self, now: float) -> list[Action]:
-        """Time passed with no event; re-offer what is pending."""
+        """Time passed with no event; re-offer what is pending. Events re-offer
+        the queue only to the instance they changed; as time alone shortens an
+        open window's remaining stall, drivers call this now and then (the live
+        coordinator every few ms while anything is pending)."""
 
     @abstractmethod
     def instances(self) -> list[InstanceState]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections import deque
+from collections.abc import Iterable
 
 from ecoserve.policy.actions import Action, Constraint, Drained, Queued, Rejected, Routed
 from ecoserve.policy.instance import InstanceState
@@ -183,22 +184,28 @@ class TrackingRouter(Router):
         self._requests[req.id] = req
         return [Routed(req.id, inst.id, str(reason)), *extra], None
 
-    def on_tokens(self, request_id: str, count: int, now: float) -> list[Action]:
-        req = self._requests.get(request_id)
-        if req is None or count <= 0:
-            return []  # finished or unknown: late chunks are harmless
-        inst = self._instances[req.instance_id]
+    def on_progress(self, progress: Iterable[tuple[str, int]], now: float) -> list[Action]:
         actions: list[Action] = []
-        if req.first_token_at is None:
-            req.first_token_at = now
-            req.tokens_out += count
-            inst.start(req)
-            actions = self.on_started(inst, req, now)
-        else:
-            inst.add_tokens(req, count)
-        # Only this instance changed (more slack, maybe a closed window): offer
-        # the queue to it alone; tick() re-offers to all as time passes.
-        return actions + self.reoffer(now, only=inst) if self._pending else actions
+        touched: dict[str, InstanceState] = {}
+        for request_id, count in progress:
+            req = self._requests.get(request_id)
+            if req is None or count <= 0:
+                continue  # finished or unknown: late chunks are harmless
+            inst = self._instances[req.instance_id]
+            touched[inst.id] = inst
+            if req.first_token_at is None:
+                req.first_token_at = now
+                req.tokens_out += count
+                inst.start(req)
+                actions += self.on_started(inst, req, now)
+            else:
+                inst.add_tokens(req, count)
+        # Only these instances changed (more slack, maybe a closed window): offer
+        # the queue to them alone; tick() re-offers to all as time passes.
+        if self._pending:
+            for inst in touched.values():
+                actions += self.reoffer(now, only=inst)
+        return actions
 
     def on_finish(self, request_id: str, now: float) -> list[Action]:
         if request_id in self._pending_ids:
