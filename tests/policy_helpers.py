@@ -19,6 +19,7 @@ def linear_predictor(seconds_per_token: float = 0.001) -> PrefillTimePredictor:
 
 
 def checker(ttft=1.0, tpot=0.1, mode="mean", reservation=1.0) -> ConstraintChecker:
+    """The paper's mean mode unless a test says otherwise."""
     return ConstraintChecker(SLO(ttft, tpot), linear_predictor(), slack_mode=mode, output_reservation=reservation)
 
 

@@ -37,7 +37,7 @@ def make_router(
     slo: SLO,
     predictor: PrefillTimePredictor,
     *,
-    slack_mode: str = "mean",
+    slack_mode: str = "min",
     output_reservation: float = 1.0,
     decode_margin_s: float = 0.0,
 ) -> Router:
