@@ -41,5 +41,13 @@ def make_model_cmd(path: str, size: str, seed: int, force: bool) -> None:
     click.echo(f"wrote {size} model to {out}")
 
 
+def _register_subcommands() -> None:
+    from ecoserve.simulate_cli import simulate
+
+    main.add_command(simulate)
+
+
+_register_subcommands()
+
 if __name__ == "__main__":
     main()

@@ -58,7 +58,7 @@ def ensure_venv() -> Path:
     # otherwise resolve to the registry's newest CUDA build (several GB).
     if extra == "cpu":
         _run([py, "-m", "pip", "install", "-q", "torch==2.13.0"])
-    _run([py, "-m", "pip", "install", "-q", "-e", f"{ROOT}[{extra},test]"])
+    _run([py, "-m", "pip", "install", "-q", "-e", f"{ROOT}[{extra},sim,test]"])
     if extra == "cpu":
         _run([py, "-m", "pip", "uninstall", "-q", "-y", *BROKEN_EXTRAS])
     STAMP.write_text(_wanted_stamp(extra))

@@ -1,0 +1,263 @@
+"""Build a simulated cluster for a policy and run a workload through it.
+
+Policies (the ``--policy`` names of ``ecoserve simulate``):
+
+| name         | engines (``engine.py`` mode) | routing |
+|--------------|------------------------------|---------|
+| ecoserve     | ``phased`` (temporal disaggregation) | ``make_router("ecoserve")``: OverallScheduler + macro instances (Algorithm 1, rolling activation) |
+| vllm         | ``vllm`` (prefill priority, separate batches) | ``LeastLoadedRouter`` (vLLM's own DP balancing) |
+| sarathi      | ``sarathi`` (chunked prefill, decode priority) | ``LeastLoadedRouter`` |
+| round-robin  | ``vllm`` | ``RoundRobinRouter`` |
+| least-loaded | ``vllm`` | ``LeastLoadedRouter`` |
+| distserve    | ``prefill`` + ``decode`` pools inside each node, KV over the node's link | ``FuDGDriver(scope="node")`` |
+| mooncake     | whole nodes as ``prefill`` or ``decode`` instances, KV over the network | ``FuDGDriver(scope="cluster")`` |
+
+GPU budget: ``instances`` nodes, each using ``tp`` GPUs (the paper runs one
+instance per node). NoDG and EcoServe run one TP=``tp`` instance per node;
+DistServe splits each node's ``tp`` GPUs into prefill and decode instances of
+smaller TP (every layout whose weights fit is a candidate); Mooncake assigns
+whole nodes to prefill or decode (every P:D split is a candidate). Baselines
+get their best configuration: ``candidates()`` lists the variants and the
+runner keeps the best (``runner.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from ecoserve.policy import SLO, InstanceState, PrefillTimePredictor, make_router
+from ecoserve.sim.core import RouterDriver, Simulator
+from ecoserve.sim.engine import SimEngine
+from ecoserve.sim.engine_model import EngineModel, ProfileModel, RooflineModel
+from ecoserve.sim.fudg import FuDGDriver, Link
+from ecoserve.sim.specs import HARDWARE, MODELS, default_tp
+
+POLICIES = ("ecoserve", "vllm", "sarathi", "distserve", "mooncake", "round-robin", "least-loaded")
+PAPER_POLICIES = ("ecoserve", "vllm", "sarathi", "distserve", "mooncake")
+SARATHI_BUDGETS = (256, 512, 1024, 2048)
+
+_NODG = {
+    "vllm": ("vllm", "least-loaded"),
+    "sarathi": ("sarathi", "least-loaded"),
+    "round-robin": ("vllm", "round-robin"),
+    "least-loaded": ("vllm", "least-loaded"),
+}
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    policy: str = "ecoserve"
+    model: str = "codellama-34b"  # a preset name or a profile JSON path
+    hardware: str = "l20"
+    tp: int | None = None  # None: the preset's default for (hardware, model)
+    instances: int = 8
+    slo_ttft: float = 5.0
+    slo_tpot: float = 0.1
+    # EcoServe
+    macro_size: int = 11  # N_u: instances per macro instance at most (the paper's run used 11)
+    slack_mode: str = "min"  # "mean": the paper's check (see ConstraintChecker)
+    output_reservation: float = 1.0
+    decode_margin_s: float = 0.0  # see ConstraintChecker: one decode step of margin on the slack
+    # Baselines
+    chunk_size: int | None = None  # Sarathi token budget; None: Sarathi's rule (see sarathi_budget)
+    pd_ratio: tuple[int, int] | None = None  # Mooncake prefill:decode nodes; None: best of all
+    distserve_layout: tuple[int, int, int, int] | None = None  # per node (n_p, tp_p, n_d, tp_d); None: best
+    max_num_seqs: int = 256  # vLLM's default
+    # Simulation
+    fast_forward: bool = True
+    tick_s: float = 0.01
+    drain_limit_s: float = 1800.0
+    max_ff_steps: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; choose from {', '.join(POLICIES)}")
+        if self.instances < 1:
+            raise ValueError("instances must be >= 1")
+        if self.model in MODELS and self.hardware not in HARDWARE:
+            raise ValueError(f"unknown hardware {self.hardware!r}; choose from {', '.join(HARDWARE)}")
+
+    @property
+    def tp_(self) -> int:
+        return self.tp or default_tp(self.hardware, self.model)
+
+    @property
+    def slo(self) -> SLO:
+        return SLO(self.slo_ttft, self.slo_tpot)
+
+    def engine_model(self, tp: int | None = None) -> EngineModel:
+        if self.model in MODELS:
+            return RooflineModel(self.model, self.hardware, tp or self.tp_)
+        if tp not in (None, self.tp_):
+            raise ValueError("a measured profile fixes the instance size: DistServe's split needs a preset model")
+        return ProfileModel.load(self.model)
+
+    def describe(self) -> dict:
+        out = {"policy": self.policy, "model": self.model, "hardware": self.hardware, "tp": self.tp_,
+               "instances": self.instances, "slo": {"ttft": self.slo_ttft, "tpot": self.slo_tpot}}
+        if self.policy == "sarathi":
+            out["chunk_size"] = self.chunk_size or sarathi_budget(self)
+        if self.policy == "mooncake" and self.pd_ratio:
+            out["pd_ratio"] = f"{self.pd_ratio[0]}:{self.pd_ratio[1]}"
+        if self.policy == "distserve" and self.distserve_layout:
+            n_p, tp_p, n_d, tp_d = self.distserve_layout
+            out["distserve_layout"] = f"{n_p}xP(tp{tp_p})+{n_d}xD(tp{tp_d}) per node"
+        return out
+
+
+def sarathi_budget(cfg: SimConfig) -> int:
+    """Sarathi-Serve's rule for its token budget: the largest budget whose
+    hybrid step (the budget's tokens of prefill alongside a decode batch of 32
+    at 1,024 tokens of context) stays within the TPOT SLO; at least 128."""
+    model = cfg.engine_model()
+    best = 128
+    for b in (128, *SARATHI_BUDGETS, 4096, 8192):
+        if model.step_time([(b - 32, 0)], 32, 32 * 1024) <= cfg.slo_tpot:
+            best = max(best, b)
+    return best
+
+
+def distserve_layouts(cfg: SimConfig) -> list[tuple[int, int, int, int]]:
+    """Every way to split a node's ``tp`` GPUs into prefill and decode instances
+    (powers-of-two TP, at least one of each, weights and one full-context
+    request fitting)."""
+    gpus = cfg.tp_
+    sizes = [t for t in (1, 2, 4, 8, 16) if t < gpus and cfg.engine_model(t).kv_capacity_tokens >= _min_kv(cfg, t)]
+    out = []
+    for tp_p in sizes:
+        for tp_d in sizes:
+            for n_p in range(1, gpus // tp_p + 1):
+                rest = gpus - n_p * tp_p
+                if rest > 0 and rest % tp_d == 0:
+                    out.append((n_p, tp_p, rest // tp_d, tp_d))
+    return out
+
+
+def _min_kv(cfg: SimConfig, tp: int) -> int:
+    m = cfg.engine_model(tp)
+    return min(m.max_context or 4096, 4096)
+
+
+def candidates(cfg: SimConfig) -> list[SimConfig]:
+    """The configurations a baseline is tried in (its best one is reported)."""
+    if cfg.policy == "mooncake" and cfg.pd_ratio is None:
+        n = cfg.instances
+        if n < 2:
+            raise ValueError("Mooncake needs at least 2 instances (one prefill, one decode)")
+        return [replace(cfg, pd_ratio=(p, n - p)) for p in range(1, n)]
+    if cfg.policy == "distserve" and cfg.distserve_layout is None:
+        layouts = distserve_layouts(cfg)
+        if not layouts:
+            raise ValueError(
+                f"DistServe cannot split {cfg.tp_} GPUs per node into prefill and decode instances "
+                f"that hold {cfg.model}"
+            )
+        return [replace(cfg, distserve_layout=l) for l in layouts]
+    if cfg.policy == "sarathi" and cfg.chunk_size is None:
+        return [replace(cfg, chunk_size=b) for b in sorted({sarathi_budget(cfg), *SARATHI_BUDGETS})]
+    return [cfg]
+
+
+@dataclass
+class Cluster:
+    config: SimConfig
+    sim: Simulator
+    driver: object
+    engines: list[SimEngine]
+    info: dict = field(default_factory=dict)
+
+
+def build(cfg: SimConfig) -> Cluster:
+    """A fresh simulator wired for ``cfg`` (one configuration: no search)."""
+    sim = Simulator(fast_forward=cfg.fast_forward, max_ff_steps=cfg.max_ff_steps, drain_limit_s=cfg.drain_limit_s)
+    if cfg.policy in ("distserve", "mooncake"):
+        return _build_fudg(cfg, sim)
+    model = cfg.engine_model()
+    if cfg.policy == "ecoserve":
+        engines = [
+            SimEngine(sim, f"i{k}", model, "phased", max_num_seqs=cfg.max_num_seqs, node=k)
+            for k in range(cfg.instances)
+        ]
+        predictor = PrefillTimePredictor(points=model.prefill_points())
+        router = make_router(
+            "ecoserve", cfg.slo, predictor, slack_mode=cfg.slack_mode,
+            output_reservation=cfg.output_reservation, decode_margin_s=cfg.decode_margin_s,
+        )
+        groups = math.ceil(cfg.instances / cfg.macro_size)
+        sizes = [cfg.instances // groups + (1 if g < cfg.instances % groups else 0) for g in range(groups)]
+        k = 0
+        for g, size in enumerate(sizes):
+            for _ in range(size):
+                e = engines[k]
+                router.add_instance(InstanceState(e.id, e.capacity, max_requests=e.max_num_seqs), 0.0, macro=g)
+                k += 1
+        info = {"macro_instances": sizes}
+    else:
+        mode, rname = _NODG[cfg.policy]
+        budget = None
+        if mode == "sarathi":
+            budget = cfg.chunk_size or sarathi_budget(cfg)
+        engines = [
+            SimEngine(sim, f"i{k}", model, mode, token_budget=budget, max_num_seqs=cfg.max_num_seqs, node=k)
+            for k in range(cfg.instances)
+        ]
+        router = make_router(rname, cfg.slo, PrefillTimePredictor(points=model.prefill_points()))
+        for e in engines:
+            router.add_instance(InstanceState(e.id, e.capacity), 0.0)
+        info = {"router": rname, "engine": mode}
+        if budget:
+            info["chunk_size"] = budget
+    driver = RouterDriver(sim, router, engines, tick_s=cfg.tick_s)
+    sim.driver = driver
+    sim.engines = engines
+    info["kv_capacity_tokens"] = engines[0].capacity
+    return Cluster(cfg, sim, driver, engines, info)
+
+
+def _build_fudg(cfg: SimConfig, sim: Simulator) -> Cluster:
+    prefill: list[SimEngine] = []
+    decode: list[SimEngine] = []
+    links: dict[int, list[Link]] = {}
+    if cfg.policy == "mooncake":
+        if cfg.instances < 2:
+            raise ValueError("Mooncake needs at least 2 instances (one prefill, one decode)")
+        n_p, n_d = cfg.pd_ratio or (cfg.instances // 2, cfg.instances - cfg.instances // 2)
+        if n_p < 1 or n_d < 1 or n_p + n_d != cfg.instances:
+            raise ValueError(f"P:D ratio {n_p}:{n_d} must use all {cfg.instances} instances, at least one of each")
+        model = cfg.engine_model()
+        if model.kv_bytes_per_token is None:
+            raise ValueError("Mooncake needs kv_bytes_per_token (add it to the profile)")
+        hw = HARDWARE.get(cfg.hardware, HARDWARE["l20"])
+        for k in range(cfg.instances):
+            pool = prefill if k < n_p else decode
+            mode = "prefill" if k < n_p else "decode"
+            pool.append(SimEngine(sim, f"{mode[0]}{k}", model, mode, max_num_seqs=cfg.max_num_seqs, node=k))
+            links[k] = [Link(f"nic{k}", hw.net_bytes_per_s, hw.net_latency_s)]
+        scope = "cluster"
+        kvb = model.kv_bytes_per_token
+        info = {"prefill_instances": n_p, "decode_instances": n_d, "pd_ratio": f"{n_p}:{n_d}",
+                "network_GBps": hw.net_bytes_per_s / 1e9}
+    else:
+        layout = cfg.distserve_layout or distserve_layouts(cfg)[0]
+        n_p, tp_p, n_d, tp_d = layout
+        if n_p * tp_p + n_d * tp_d != cfg.tp_:
+            raise ValueError(f"DistServe layout {layout} does not use the node's {cfg.tp_} GPUs")
+        mp, md = cfg.engine_model(tp_p), cfg.engine_model(tp_d)
+        hw = HARDWARE[cfg.hardware]
+        bw = hw.intra_gbps * 1e9 * hw.link_eff * min(tp_p, tp_d)
+        for node in range(cfg.instances):
+            for j in range(n_p):
+                prefill.append(SimEngine(sim, f"n{node}p{j}", mp, "prefill", max_num_seqs=cfg.max_num_seqs, node=node))
+            for j in range(n_d):
+                decode.append(SimEngine(sim, f"n{node}d{j}", md, "decode", max_num_seqs=cfg.max_num_seqs, node=node))
+            links[node] = [Link(f"node{node}", bw, 20e-6)]
+        scope = "node"
+        kvb = mp.kv_bytes_per_token
+        info = {"distserve_layout": f"{n_p}xP(tp{tp_p})+{n_d}xD(tp{tp_d}) per node",
+                "intra_link_GBps": bw / 1e9}
+    driver = FuDGDriver(sim, prefill, decode, kv_bytes_per_token=kvb, scope=scope, node_links=links)
+    sim.driver = driver
+    sim.engines = prefill + decode
+    info["kv_capacity_tokens"] = {"prefill": prefill[0].capacity, "decode": decode[0].capacity}
+    return Cluster(cfg, sim, driver, prefill + decode, info)

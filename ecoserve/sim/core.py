@@ -1,0 +1,225 @@
+"""The discrete-event loop and the drivers that connect engines to routing.
+
+``Simulator`` owns the clock and a heap of events (arrivals, step ends, KV
+transfers, router ticks); ties are broken by insertion order, so a run is a
+pure function of its inputs. A *driver* decides where requests go:
+
+- ``RouterDriver`` drives a policy-core ``Router`` unchanged (EcoServe's
+  ``OverallScheduler`` or the baselines' ``RoundRobinRouter`` /
+  ``LeastLoadedRouter``), exactly as the live coordinator does: ``submit`` on
+  arrival, ``on_progress`` for every engine step's tokens (a request's first
+  report is its first token), ``on_finish``, and ``tick`` every ``tick_s`` while requests
+  are pending; it carries out ``Routed`` (the engine queues the request) and
+  ``SetPhase`` (the engine switches phase). No routing decision is made here.
+- ``FuDGDriver`` (``fudg.py``) runs the prefill and decode pools of the fully
+  disaggregated baselines.
+
+Token reports and fast-forwarding. While the router has no pending request, a
+token report for a request that has already started only adds to counters
+(``TrackingRouter.on_tokens``); so the engines may simulate a decode stretch
+as one segment, and the driver reports the tokens of every step completed by
+``now`` before each routing decision (``flush``), and the rest at the end of
+the segment. As soon as a request is pending, every engine falls back to one
+step at a time and reports each step as it ends, so the router re-offers its
+queue exactly when the live coordinator would. ``fast_forward=False``
+simulates every step as its own event (same results, slower).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Sequence
+
+from ecoserve.policy import Queued, Rejected, RequestState, Routed, SetPhase
+from ecoserve.policy.router import Router
+from ecoserve.sim.engine import SimEngine, SimRequest
+from ecoserve.workload.workload import Request
+
+_STEP, _CALL, _ARRIVAL = 0, 1, 2
+
+
+class Simulator:
+    def __init__(self, *, fast_forward: bool = True, max_ff_steps: int = 2048, drain_limit_s: float = 1800.0) -> None:
+        self.heap: list = []
+        self._seq = 0
+        self.now = 0.0
+        self.fast_forward = fast_forward
+        self.max_ff_steps = max_ff_steps
+        self.drain_limit_s = drain_limit_s
+        self.driver = None
+        self.engines: list[SimEngine] = []
+        self.events = 0
+        # Early stop (goodput search): once more than ``fail_budget`` requests
+        # have missed an SLO, attainment is known to be below the level asked
+        # about and the run ends; unfinished requests then count as misses.
+        self.fail_budget: int | None = None
+        self.slo_ttft = self.slo_tpot = float("inf")
+        self.failures = 0
+        self.stopped_early = False
+
+    def note_first_token(self, r: SimRequest, t: float) -> None:
+        if t - r.arrival > self.slo_ttft:
+            self._fail()
+
+    def note_finish(self, r: SimRequest, t: float) -> None:
+        if r.first_token - r.arrival <= self.slo_ttft and r.output > 1:
+            if (t - r.first_token) / (r.output - 1) > self.slo_tpot:
+                self._fail()
+
+    def note_rejected(self, r: SimRequest) -> None:
+        self._fail()
+
+    def _fail(self) -> None:
+        self.failures += 1
+        if self.fail_budget is not None and self.failures > self.fail_budget:
+            self.stopped_early = True
+
+    def schedule_step_end(self, engine: SimEngine, t: float, version: int) -> None:
+        self._seq += 1
+        heapq.heappush(self.heap, (t, self._seq, _STEP, engine, version))
+
+    def at(self, t: float, fn: Callable[[float, object], None], arg: object = None) -> None:
+        self._seq += 1
+        heapq.heappush(self.heap, (t, self._seq, _CALL, fn, arg))
+
+    def run(self, requests: Sequence[Request]) -> list[SimRequest]:
+        """Run ``requests`` (sorted by arrival) to completion; returns their states."""
+        if self.driver is None:
+            raise RuntimeError("no driver attached")
+        reqs = [SimRequest(r.id, r.arrival, r.prompt_tokens, r.output_tokens) for r in requests]
+        if any(b.arrival < a.arrival for a, b in zip(reqs, reqs[1:])):
+            raise ValueError("requests must be sorted by arrival time")
+        heap = self.heap
+        push, pop = heapq.heappush, heapq.heappop
+        n = len(reqs)
+        if n:
+            self._seq += 1
+            push(heap, (reqs[0].arrival, self._seq, _ARRIVAL, 0, None))
+        stop_at = (reqs[-1].arrival if n else 0.0) + self.drain_limit_s
+        driver = self.driver
+        events = 0
+        while heap:
+            t, _, kind, a, b = pop(heap)
+            if t > stop_at or self.stopped_early:
+                break
+            self.now = t
+            events += 1
+            if kind == _STEP:
+                a.step_end(t, b)
+            elif kind == _ARRIVAL:
+                driver.on_arrival(reqs[a], t)
+                if a + 1 < n:
+                    self._seq += 1
+                    push(heap, (reqs[a + 1].arrival, self._seq, _ARRIVAL, a + 1, None))
+            else:
+                a(t, b)
+        self.events += events
+        return reqs
+
+
+class RouterDriver:
+    """Connects a policy ``Router`` to simulated engines (see the module docstring)."""
+
+    def __init__(self, sim: Simulator, router: Router, engines: Sequence[SimEngine], *, tick_s: float = 0.01) -> None:
+        self.sim = sim
+        self.router = router
+        self.engines = list(engines)
+        self.by_id = {e.id: e for e in self.engines}
+        self.tick_s = tick_s
+        self.fine_grained = False
+        self.reqs: dict[str, SimRequest] = {}
+        self._tick_armed = False
+        has = getattr(router, "has_pending", None)
+        if has is None:
+            has = lambda: router.pending_len() > 0  # noqa: E731
+        self._has_pending = has
+        self.counts = {"queued": 0, "rejected": 0, "routed": 0, "ticks": 0, "set_phase": 0}
+
+    # -- events from the simulator ----------------------------------------------------
+
+    def on_arrival(self, r: SimRequest, now: float) -> None:
+        self.reqs[r.id] = r
+        self.flush(now)
+        rs = RequestState(r.id, r.arrival, r.prompt, r.output)
+        self._apply(self.router.submit(rs, now), now)
+        self._check_pending(now)
+
+    def on_tokens(self, engine: SimEngine, reqs, count: int, now: float) -> None:
+        for r in reqs:
+            r.reported += count
+        actions = self.router.on_progress([(r.id, count) for r in reqs], now)
+        if actions:
+            self._apply(actions, now)
+        if self.fine_grained:
+            self._check_pending(now)
+
+    def on_finish(self, engine: SimEngine, r: SimRequest, now: float) -> None:
+        self._apply(self.router.on_finish(r.id, now), now)
+        if self.fine_grained:
+            self._check_pending(now)
+
+    def on_prefilled(self, engine, r, now):  # pragma: no cover - only prefill pools call it
+        raise AssertionError("router-driven engines have no prefill-only mode")
+
+    def flush(self, now: float) -> None:
+        """Report every token produced by ``now`` before a routing decision."""
+        for e in self.engines:
+            if len(e._ends) > 1:
+                e.flush(now)
+
+    def _tick(self, now: float, _arg: object) -> None:
+        self._tick_armed = False
+        if not self._has_pending():
+            return
+        self.counts["ticks"] += 1
+        self.flush(now)
+        self._apply(self.router.tick(now), now)
+        self._check_pending(now)
+
+    # -- carrying out the router's actions ------------------------------------------------
+
+    def _apply(self, actions, now: float) -> None:
+        touched: list[SimEngine] = []
+        for a in actions:
+            cls = a.__class__
+            if cls is Routed:
+                e = self.by_id[a.instance_id]
+                e.enqueue(self.reqs[a.request_id], now, kick=False)
+                touched.append(e)
+                self.counts["routed"] += 1
+            elif cls is SetPhase:
+                e = self.by_id[a.instance_id]
+                e.set_phase(a.phase, now, kick=False)
+                touched.append(e)
+                self.counts["set_phase"] += 1
+            elif cls is Queued:
+                self.counts["queued"] += 1
+            elif cls is Rejected:
+                r = self.reqs[a.request_id]
+                r.rejected = True
+                self.counts["rejected"] += 1
+                self.sim.note_rejected(r)
+        # Kick after the whole batch: a request and its window's SetPhase(PREFILL)
+        # reach the engine together, as one command would.
+        for e in touched:
+            e.kick(now)
+
+    def _check_pending(self, now: float) -> None:
+        if self._has_pending():
+            if not self.fine_grained:
+                self.fine_grained = True
+                for e in self.engines:
+                    e.flush(now)
+                    e.truncate(now)
+            if not self._tick_armed:
+                self._tick_armed = True
+                self.sim.at(now + self.tick_s, self._tick)
+        else:
+            self.fine_grained = False
+
+
+def busy_fraction(engines: Sequence[SimEngine], horizon: float) -> float:
+    if horizon <= 0 or not engines:
+        return math.nan
+    return sum(e.stats.busy_s for e in engines) / (horizon * len(engines))

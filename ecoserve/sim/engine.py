@@ -1,0 +1,401 @@
+"""A simulated engine (one instance: one model replica on TP GPUs).
+
+Continuous batching at step granularity, with the scheduling behaviour of the
+system it stands for (``mode``):
+
+- ``vllm``: vLLM 0.7 (V0) default: separate batching with prefill priority.
+  Each step either prefills as many waiting prompts as fit (token budget
+  ``max_batched_tokens``, ``max_num_seqs``, KV) or, if none is admitted,
+  decodes every running request. Never mixes the two.
+- ``sarathi``: chunked prefill with decode priority (Sarathi-Serve, vLLM's
+  ``enable_chunked_prefill``): every step decodes all running requests and
+  fills the rest of a token budget with prompt chunks, oldest first; a prompt's
+  KV is allocated whole at its first chunk (as V0 does).
+- ``phased``: EcoServe's phase-aware engine. In ``PREFILL`` it runs only
+  prefills (batched like ``vllm``; decodes pause and keep their KV); in
+  ``DECODE`` only decodes; the phase is commanded from outside (the policy's
+  ``SetPhase``). ``MIXED`` behaves as ``vllm``.
+- ``prefill`` / ``decode``: the two pools of a fully disaggregated system. A
+  prefill engine keeps a request's KV after its prefill until the driver
+  releases it (transfer done); a decode engine receives requests with their
+  KV already in place.
+
+KV is counted in tokens (vLLM's 16-token blocks are not modelled). ``vllm``
+and ``sarathi`` allocate on demand and preempt the most recently admitted
+request when a decode step would not fit (recompute: its prompt and output so
+far are prefilled again, and that prefill yields its next token); admission
+keeps vLLM's 1% watermark free. ``phased`` and ``decode`` engines rely on the
+reservations made by whoever routes to them, so they never preempt.
+
+Decode-only stretches are simulated in segments of up to ``max_ff_steps``
+steps at once (until the first request finishes) when the driver allows; any
+change to the engine (new request, phase) cuts the segment at the step in
+progress, so the result is step-for-step the same as simulating each step.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ecoserve.policy.phase import Phase
+from ecoserve.sim.engine_model import EngineModel
+
+if TYPE_CHECKING:
+    from ecoserve.sim.core import Simulator
+
+MODES = ("vllm", "sarathi", "phased", "prefill", "decode")
+
+
+class SimRequest:
+    __slots__ = (
+        "id", "arrival", "prompt", "output", "target", "prefilled", "generated", "kv", "first_token",
+        "finish", "engine", "reported", "rejected", "prefill_engine", "decode_engine", "transfer_s",
+        "preempted",
+    )
+
+    def __init__(self, rid: str, arrival: float, prompt: int, output: int) -> None:
+        self.id = rid
+        self.arrival = arrival
+        self.prompt = prompt
+        self.output = output
+        self.target = prompt  # tokens to prefill (prompt, or prompt + output so far after preemption)
+        self.prefilled = 0
+        self.generated = 0  # output tokens produced so far
+        self.kv = 0  # KV tokens held on its current engine
+        self.first_token: float | None = None
+        self.finish: float | None = None
+        self.engine: SimEngine | None = None
+        self.reported = 0  # output tokens reported to the router
+        self.rejected = False
+        self.prefill_engine: SimEngine | None = None
+        self.decode_engine: SimEngine | None = None
+        self.transfer_s = 0.0
+        self.preempted = 0
+
+
+class EngineStats:
+    __slots__ = ("prefill_steps", "decode_steps", "mixed_steps", "busy_s", "preemptions", "phase_switches",
+                 "prefill_tokens", "decode_tokens", "max_batch", "segments", "phase_violations")
+
+    def __init__(self) -> None:
+        self.prefill_steps = self.decode_steps = self.mixed_steps = 0
+        self.phase_violations = 0  # phased engine: a step of the phase it was not in (must stay 0)
+        self.busy_s = 0.0
+        self.preemptions = self.phase_switches = 0
+        self.prefill_tokens = self.decode_tokens = 0
+        self.max_batch = 0
+        self.segments = 0
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+class SimEngine:
+    def __init__(
+        self,
+        sim: Simulator,
+        eid: str,
+        model: EngineModel,
+        mode: str,
+        *,
+        token_budget: int | None = None,
+        max_num_seqs: int = 256,
+        kv_capacity: int | None = None,
+        node: int = 0,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown engine mode {mode!r}")
+        self.sim = sim
+        self.id = eid
+        self.model = model
+        self.mode = mode
+        self.node = node
+        self.capacity = model.kv_capacity_tokens if kv_capacity is None else kv_capacity
+        if self.capacity <= 0:
+            raise ValueError(f"{eid}: the model leaves no KV memory ({model.name})")
+        self.budget = token_budget or model.max_batched_tokens
+        self.max_num_seqs = max_num_seqs
+        self.on_demand = mode in ("vllm", "sarathi")
+        self.watermark = int(0.01 * self.capacity) if self.on_demand else 0
+        self.phase = Phase.DECODE if mode == "phased" else Phase.MIXED
+        self.waiting: deque[SimRequest] = deque()  # no KV yet (or preempted)
+        self.partial: deque[SimRequest] = deque()  # chunked prefill in progress (KV allocated)
+        self.running: list[SimRequest] = []  # prefilled, decoding, in admission order
+        self.kv_used = 0
+        self.reserved = 0  # decode pool: KV promised to requests in transfer or running
+        self.incoming = 0  # decode pool: requests whose KV is on its way
+        self.queued_prefill = 0  # prompt tokens waiting or being prefilled here
+        self.stats = EngineStats()
+        # The step (or decode segment) in progress.
+        self.busy = False
+        self.version = 0
+        self._ending = False
+        self._chunks: list[tuple[SimRequest, int]] = []
+        self._decode: list[SimRequest] = []
+        self._start = 0.0
+        self._ends: list[float] = []  # end time of each step of the segment
+        self._flushed = 0  # steps of the segment already reported to the driver
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def enqueue(self, req: SimRequest, now: float, kick: bool = True) -> None:
+        req.engine = self
+        self.waiting.append(req)
+        self.queued_prefill += req.target - req.prefilled
+        if kick:
+            self.kick(now)
+
+    def admit_decoding(self, req: SimRequest, now: float) -> None:
+        """Decode pool: a request arrives with its prompt's KV (the transfer is done)."""
+        req.engine = self
+        req.kv = req.prompt + req.generated - 1
+        self.kv_used += req.kv
+        self.incoming -= 1
+        self.running.append(req)
+        self.kick(now)
+
+    def release(self, req: SimRequest, now: float) -> None:
+        """Prefill pool: the request's KV has left; free it."""
+        self.kv_used -= req.kv
+        req.kv = 0
+        self.kick(now)
+
+    def set_phase(self, phase: Phase, now: float, kick: bool = True) -> None:
+        if phase is self.phase:
+            return
+        self.phase = phase
+        self.stats.phase_switches += 1
+        if kick:
+            self.kick(now)
+
+    def kick(self, now: float) -> None:
+        """Something changed: start a step if idle, or cut a decode segment short."""
+        if self._ending:
+            return  # the step end in progress plans next
+        if not self.busy:
+            self._begin(now)
+        elif len(self._ends) > 1:
+            self.truncate(now)
+
+    def truncate(self, now: float) -> None:
+        """End the current decode segment with the step in progress at ``now``."""
+        ends = self._ends
+        if len(ends) <= 1:
+            return
+        keep = bisect_left(ends, now) + 1  # steps ending before now, plus the one in progress
+        if keep >= len(ends):
+            return
+        del ends[keep:]
+        self.version += 1
+        self.sim.schedule_step_end(self, ends[-1], self.version)
+
+    def flush(self, now: float) -> None:
+        """Report the tokens of segment steps completed by ``now`` (no state change)."""
+        ends = self._ends
+        if len(ends) <= 1 or not self._decode:
+            return
+        done = bisect_right(ends, now)
+        if done > self._flushed:
+            self.sim.driver.on_tokens(self, self._decode, done - self._flushed, now)
+            self._flushed = done
+
+    # -- planning ----------------------------------------------------------------------
+
+    @property
+    def kv_free(self) -> int:
+        return self.capacity - self.kv_used
+
+    def _take_prefills(self) -> list[tuple[SimRequest, int]]:
+        """Whole prompts, oldest first, within the token budget, seat and KV limits."""
+        chunks: list[tuple[SimRequest, int]] = []
+        tokens = 0
+        seats = self.max_num_seqs - len(self.running)
+        waiting = self.waiting
+        while waiting and seats > 0:
+            r = waiting[0]
+            need = r.target
+            if chunks and tokens + need > self.budget:
+                break
+            if need > self.kv_free - self.watermark:
+                break
+            waiting.popleft()
+            self.kv_used += need
+            r.kv = need
+            chunks.append((r, need))
+            tokens += need
+            seats -= 1
+        return chunks
+
+    def _take_chunks(self, budget: int, seats: int) -> list[tuple[SimRequest, int]]:
+        """Sarathi: continue partial prompts, then start new ones, within ``budget`` tokens."""
+        chunks: list[tuple[SimRequest, int]] = []
+        for r in self.partial:
+            if budget <= 0:
+                return chunks
+            n = min(r.target - r.prefilled, budget)
+            chunks.append((r, n))
+            budget -= n
+        waiting = self.waiting
+        while waiting and budget > 0 and seats > 0:
+            r = waiting[0]
+            if r.target > self.kv_free - self.watermark:
+                break
+            waiting.popleft()
+            self.kv_used += r.target
+            r.kv = r.target
+            self.partial.append(r)
+            n = min(r.target, budget)
+            chunks.append((r, n))
+            budget -= n
+            seats -= 1
+        return chunks
+
+    def _decode_batch(self) -> list[SimRequest]:
+        running = self.running
+        if not running:
+            return running
+        if self.on_demand:
+            while len(running) > self.kv_free and len(running) > 1:
+                self._preempt(running.pop())
+        return running
+
+    def _preempt(self, r: SimRequest) -> None:
+        """vLLM recompute preemption: drop its KV, prefill prompt + output so far again."""
+        self.kv_used -= r.kv
+        r.kv = 0
+        r.target = r.prompt + r.generated
+        r.prefilled = 0
+        r.preempted += 1
+        self.waiting.appendleft(r)
+        self.queued_prefill += r.target
+        self.stats.preemptions += 1
+
+    def _plan(self) -> tuple[list[tuple[SimRequest, int]], list[SimRequest]]:
+        mode = self.mode
+        if mode == "sarathi":
+            decode = self._decode_batch()
+            seats = self.max_num_seqs - len(decode) - len(self.partial)
+            return self._take_chunks(self.budget - len(decode), seats), decode
+        if mode == "decode":
+            return [], self.running
+        if mode == "prefill" or (mode == "phased" and self.phase is Phase.PREFILL):
+            return self._take_prefills(), []
+        if mode == "phased" and self.phase is Phase.DECODE:
+            return [], self._decode_batch()
+        chunks = self._take_prefills()  # vllm, or phased in MIXED
+        if chunks:
+            return chunks, []
+        return [], self._decode_batch()
+
+    def _begin(self, now: float) -> None:
+        chunks, decode = self._plan()
+        if not chunks and not decode:
+            self.busy = False
+            self._chunks, self._decode, self._ends = [], [], []
+            return
+        decode = list(decode)
+        model = self.model
+        B = len(decode)
+        ctx = 0
+        for r in decode:
+            ctx += r.kv
+        ctx += B
+        st = self.stats
+        if B > st.max_batch:
+            st.max_batch = B
+        if self.mode == "phased" and self.phase is not Phase.MIXED:
+            if (chunks and self.phase is not Phase.PREFILL) or (decode and self.phase is not Phase.DECODE):
+                st.phase_violations += 1
+        if chunks:
+            k = 1
+            t = now + model.step_time([(n, r.prefilled) for r, n in chunks], B, ctx)
+            ends = [t]
+        else:
+            k = 1
+            if self.sim.fast_forward and not self.sim.driver.fine_grained:
+                k = min(r.output - r.generated for r in decode)
+                if self.on_demand:
+                    k = min(k, self.kv_free // B)
+                k = max(1, min(k, self.sim.max_ff_steps))
+            ends = []
+            t = now
+            step = model.decode_step
+            for _ in range(k):
+                t += step(B, ctx)
+                ctx += B
+                ends.append(t)
+        self.busy = True
+        self._chunks, self._decode, self._ends = chunks, decode, ends
+        self._start = now
+        self._flushed = 0
+        self.version += 1
+        st.segments += 1
+        self.sim.schedule_step_end(self, ends[-1], self.version)
+
+    # -- step end ----------------------------------------------------------------------
+
+    def step_end(self, now: float, version: int) -> None:
+        if version != self.version:
+            return  # superseded by a truncation
+        self._ending = True
+        driver = self.sim.driver
+        chunks, decode, k = self._chunks, self._decode, len(self._ends)
+        st = self.stats
+        st.busy_s += now - self._start
+        finished: list[SimRequest] = []
+        if chunks:
+            st.prefill_steps += 1 if not decode else 0
+            st.mixed_steps += 1 if decode else 0
+        else:
+            st.decode_steps += k
+        if decode:
+            B = len(decode)
+            self.kv_used += B * k
+            st.decode_tokens += B * k
+            for r in decode:
+                r.generated += k
+                r.kv += k
+                if r.generated >= r.output:
+                    finished.append(r)
+            if k > self._flushed:
+                driver.on_tokens(self, decode, k - self._flushed, now)
+        done_prefill: list[SimRequest] = []
+        for r, n in chunks:
+            r.prefilled += n
+            self.queued_prefill -= n
+            st.prefill_tokens += n
+            if r.prefilled >= r.target:
+                done_prefill.append(r)
+        if done_prefill:
+            partial = self.partial
+            for r in done_prefill:
+                if partial and partial[0] is r:
+                    partial.popleft()
+                elif r in partial:
+                    partial.remove(r)
+                r.generated += 1
+                if r.first_token is None:
+                    r.first_token = now
+                    self.sim.note_first_token(r, now)
+                if self.mode == "prefill":
+                    driver.on_prefilled(self, r, now)
+                    continue
+                if r.generated >= r.output:
+                    finished.append(r)
+                else:
+                    self.running.append(r)
+                driver.on_tokens(self, (r,), 1, now)
+        if finished:
+            fin = set(finished)
+            self.running = [r for r in self.running if r not in fin]
+            for r in finished:
+                self.kv_used -= r.kv
+                r.kv = 0
+                r.finish = now
+                self.sim.note_finish(r, now)
+                driver.on_finish(self, r, now)
+        self._ending = False
+        self.busy = False
+        self._begin(now)

@@ -1,0 +1,390 @@
+"""``ecoserve simulate``: the cluster simulator from the command line.
+
+Registered on the main CLI with ``main.add_command(simulate)``. Heavy imports
+happen inside the commands, so ``ecoserve --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import click
+
+PRESET_MODELS = ("llama-30b", "codellama-34b", "qwen2-72b")
+ALL_POLICIES = ("ecoserve", "vllm", "sarathi", "distserve", "mooncake", "round-robin", "least-loaded")
+PAPER_POLICIES = "ecoserve,vllm,sarathi,distserve,mooncake"
+
+
+def _model_arg(ctx, param, value: str) -> str:
+    if value in PRESET_MODELS:
+        return value
+    if Path(value).is_file():
+        return value
+    raise click.BadParameter(f"{value!r} is neither a preset ({', '.join(PRESET_MODELS)}) nor a profile file")
+
+
+def _ratio_arg(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        p, d = (int(x) for x in value.split(":"))
+    except ValueError:
+        raise click.BadParameter("use P:D, e.g. 3:5") from None
+    return (p, d)
+
+
+def common_options(f):
+    opts = [
+        click.option("--model", default="codellama-34b", show_default=True, callback=_model_arg,
+                     help="llama-30b | codellama-34b | qwen2-72b, or a profile JSON measured on a real engine "
+                          "(format: ecoserve.workload.profile)."),
+        click.option("--hardware", type=click.Choice(["l20", "a800", "h100"]), default="l20", show_default=True,
+                     help="GPU and interconnect preset (L20: PCIe + 10 Gbps Ethernet; A800: NVLink + 25 Gbps RoCE; "
+                          "H100: NVLink + 8x400 Gbps InfiniBand)."),
+        click.option("--tp", type=int, default=None,
+                     help="Tensor-parallel GPUs per instance (one instance per node). Default: the paper's "
+                          "(L20: 4 for 30B/34B, 8 for 72B)."),
+        click.option("--instances", type=click.IntRange(1), default=8, show_default=True,
+                     help="Instances (nodes of TP GPUs). FuDG baselines split the same GPUs into pools."),
+        click.option("--dataset", default="sharegpt", show_default=True,
+                     help="alpaca | sharegpt | longbench (synthetic lengths with the paper's means), azure (the "
+                          "Azure trace in ../shared/data), or PATH of an Azure CSV / Mooncake JSONL trace."),
+        click.option("--replay/--no-replay", default=True, show_default=True,
+                     help="Traces: replay their timestamps (time-scaled to --rate if given), or use them only "
+                          "as an empirical length distribution under Poisson/Gamma arrivals."),
+        click.option("--slo-ttft", type=float, default=None,
+                     help="TTFT SLO in seconds. Default: the dataset's (alpaca 1, sharegpt 5, longbench 15; traces 5)."),
+        click.option("--slo-tpot", type=float, default=None, help="TPOT SLO in seconds. Default: 0.1."),
+        click.option("--burstiness", type=float, default=1.0, show_default=True,
+                     help="Coefficient of variation of inter-arrival gaps: 1 is Poisson, >1 Gamma-bursty."),
+        click.option("--num-requests", type=click.IntRange(1), default=None,
+                     help="Requests per run (sweep: at least this many, see --min-duration). Default: 1000 "
+                          "(synthetic), the whole trace (replay)."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seeds lengths and arrivals; a run is a pure function of its options."),
+        click.option("--slack-mode", type=click.Choice(["mean", "min"]), default="min", show_default=True,
+                     help="EcoServe's TPOT check: the least saved TPOT of the decoders (default: "
+                          "protects every request) or their mean (the paper's check)."),
+        click.option("--macro-size", type=click.IntRange(1), default=11, show_default=True,
+                     help="EcoServe: instances per macro instance at most (N_u; the paper's run used 11)."),
+        click.option("--chunk-size", type=click.IntRange(16), default=None,
+                     help="Sarathi token budget per step. Default: the best of 256/512/1024/2048 and Sarathi's "
+                          "SLO rule (sweep), or the SLO rule alone (run)."),
+        click.option("--pd-ratio", default=None, callback=_ratio_arg,
+                     help="Mooncake prefill:decode instances, e.g. 3:5. Default: every split is tried and the "
+                          "best is kept."),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+@click.group("simulate", context_settings={"help_option_names": ["-h", "--help"]})
+def simulate() -> None:
+    """Simulate EcoServe and the paper's baselines on a GPU cluster.
+
+    A discrete-event simulator that drives EcoServe's real policy objects
+    (routing, phase windows) against simulated engines whose step times come
+    from a roofline model of the model and hardware, or from a profile
+    measured on a real engine. Baselines: vLLM, Sarathi (chunked prefill),
+    DistServe (intra-node disaggregation), Mooncake (inter-node).
+
+    \b
+      ecoserve simulate run --policy ecoserve --rate 8
+      ecoserve simulate sweep --dataset longbench --plot attainment.png
+      ecoserve simulate run --policy vllm --dataset azure --instances 16
+    """
+
+
+def _setup(model, hardware, tp, instances, dataset, replay, slo_ttft, slo_tpot, burstiness, num_requests, seed,
+           slack_mode, macro_size, chunk_size, pd_ratio, policy="ecoserve"):
+    from ecoserve.sim import SimConfig
+    from ecoserve.sim.specs import MODELS
+    from ecoserve.workload import WorkloadTemplate, default_slo
+
+    try:
+        max_ctx = MODELS[model].max_context if model in MODELS else _profile_ctx(model)
+        template = WorkloadTemplate(dataset, num_requests=num_requests, burstiness=burstiness, seed=seed,
+                                    replay=None if replay else False, max_context=max_ctx)
+    except (ValueError, FileNotFoundError) as e:
+        raise click.BadParameter(str(e), param_hint="--dataset") from None
+    d_ttft, d_tpot = default_slo(template.name)
+    cfg = SimConfig(policy=policy, model=model, hardware=hardware, tp=tp, instances=instances,
+                    slo_ttft=slo_ttft or d_ttft, slo_tpot=slo_tpot or d_tpot, slack_mode=slack_mode,
+                    macro_size=macro_size, chunk_size=chunk_size, pd_ratio=pd_ratio)
+    return cfg, template
+
+
+def _profile_ctx(path):
+    from ecoserve.workload import EngineProfile
+
+    return EngineProfile.load(path).max_context
+
+
+def _workload_json(template) -> dict:
+    p, o = template.mean_lengths()
+    out = {"dataset": template.name, "requests": len(template), "mean_prompt_tokens": round(p, 2),
+           "mean_output_tokens": round(o, 2), "seed": template.seed, "truncated_to_context": template.truncated}
+    if template.replay:
+        out["arrivals"] = "replay"
+        out["trace_rate"] = template.native_rate
+    else:
+        out["arrivals"] = "poisson" if template.burstiness == 1.0 else "gamma"
+        out["burstiness_cv"] = template.burstiness
+    return out
+
+
+def _clean(x):
+    """JSON has no NaN/inf: write null."""
+    if isinstance(x, float):
+        return None if (math.isnan(x) or math.isinf(x)) else x
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def _r(x, nd=4):
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, nd)
+
+
+@simulate.command("run")
+@click.option("--policy", type=click.Choice(ALL_POLICIES), default="ecoserve", show_default=True,
+              help="Serving system to simulate.")
+@click.option("--rate", type=float, default=None,
+              help="Mean arrival rate, requests/s. Required for synthetic datasets; for a replayed trace it "
+                   "time-scales the trace (default: its own rate).")
+@click.option("--records", "records_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also write per-request results (arrival, lengths, TTFT, TPOT) as CSV to this path.")
+@common_options
+def run_cmd(policy, rate, records_path, model, hardware, tp, instances, dataset, replay, slo_ttft, slo_tpot,
+            burstiness, num_requests, seed, slack_mode, macro_size, chunk_size, pd_ratio, as_json):
+    """Simulate one policy at one rate: attainment and TTFT/TPOT percentiles."""
+    from ecoserve.sim import run_best
+
+    cfg, template = _setup(model, hardware, tp, instances, dataset, replay, slo_ttft, slo_tpot, burstiness,
+                           num_requests, seed, slack_mode, macro_size, chunk_size, pd_ratio, policy)
+    if rate is None and not template.replay:
+        raise click.UsageError("--rate is required for synthetic datasets")
+    if rate is not None and rate <= 0:
+        raise click.BadParameter("must be > 0", param_hint="--rate")
+    if cfg.policy == "sarathi" and cfg.chunk_size is None:
+        from dataclasses import replace
+
+        from ecoserve.sim import sarathi_budget
+
+        cfg = replace(cfg, chunk_size=sarathi_budget(cfg))
+    requests = template.at_rate(rate)
+    eff_rate = rate if rate is not None else template.native_rate
+    t0 = time.perf_counter()
+    try:
+        res = run_best(cfg, requests, eff_rate)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    wall = time.perf_counter() - t0
+    s = res.summary
+    out = {
+        "policy": policy,
+        "rate": eff_rate,
+        "num_requests": s["num_requests"],
+        "attainment": s["attainment"],
+        "ttft": {k: _r(v) for k, v in s["ttft"].items()},
+        "tpot": {k: _r(v, 5) for k, v in s["tpot"].items()},
+        "finished": s["finished"],
+        "ttft_attainment": s["ttft_attainment"],
+        "tpot_attainment": s["tpot_attainment"],
+        "config": res.config.describe(),
+        "workload": _workload_json(template),
+        "stats": res.stats,
+        "wall_seconds": round(wall, 3),
+    }
+    if res.tried:
+        out["tried"] = res.tried
+    if records_path:
+        _write_records(records_path, res.records)
+    if as_json:
+        click.echo(json.dumps(_clean(out)))
+        return
+    c = out["config"]
+    click.echo(f"{policy} on {c['instances']} x {c['model']} ({c['hardware']}, TP={c['tp']}), "
+               f"{template.name}, {eff_rate:.3g} req/s, {s['num_requests']} requests")
+    for k in ("chunk_size", "pd_ratio", "distserve_layout"):
+        if k in c:
+            click.echo(f"  configuration: {k} = {c[k]}")
+    click.echo(f"  SLO attainment: {s['attainment']:.1%}  (TTFT <= {cfg.slo_ttft:g} s: {s['ttft_attainment']:.1%}, "
+               f"TPOT <= {cfg.slo_tpot * 1e3:g} ms: {s['tpot_attainment']:.1%})")
+    for name, d, unit, scale in (("TTFT", s["ttft"], "s", 1), ("TPOT", s["tpot"], "ms", 1e3)):
+        click.echo(f"  {name}: p50 {d['p50'] * scale:.3g} {unit}, p90 {d['p90'] * scale:.3g} {unit}, "
+                   f"p99 {d['p99'] * scale:.3g} {unit}")
+    click.echo(f"  simulated {res.stats['sim_seconds']:.0f} s in {wall:.2f} s wall")
+
+
+def _write_records(path, records) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "arrival", "prompt_tokens", "output_tokens", "ttft", "tpot", "e2e"])
+        for r in records:
+            w.writerow([r.id, f"{r.arrival:.6f}", r.prompt_tokens, r.output_tokens,
+                        "" if r.ttft is None else f"{r.ttft:.6f}", "" if r.tpot is None else f"{r.tpot:.6f}",
+                        "" if r.e2e is None else f"{r.e2e:.6f}"])
+
+
+@simulate.command("sweep")
+@click.option("--policies", default=PAPER_POLICIES, show_default=True,
+              help="Comma-separated policies to compare.")
+@click.option("--levels", default="p50,p90,p99", show_default=True,
+              help="Attainment levels to find the goodput for (pNN: NN% of requests meet both SLOs).")
+@click.option("--tolerance", type=float, default=0.02, show_default=True,
+              help="Stop the rate search when the passing and failing rates are within this fraction.")
+@click.option("--min-duration", type=float, default=120.0, show_default=True,
+              help="Each rate runs at least --num-requests requests and enough for arrivals to last this many "
+                   "seconds, so an overload shows as a growing queue rather than one short burst.")
+@click.option("--start-rate", type=float, default=None,
+              help="First rate tried (default: a rough capacity estimate).")
+@click.option("--rates", default=None,
+              help="Extra comma-separated rates to evaluate for every policy (points for the plot).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write a PNG of SLO attainment against rate, one line per policy.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr (default: when stderr is a terminal).")
+@common_options
+def sweep_cmd(policies, levels, tolerance, min_duration, start_rate, rates, plot_path, progress, model, hardware, tp, instances,
+              dataset, replay, slo_ttft, slo_tpot, burstiness, num_requests, seed, slack_mode, macro_size,
+              chunk_size, pd_ratio, as_json):
+    """Goodput of each policy: the highest rate at which P50/P90/P99 of requests
+    meet both SLOs, found by raising the rate until attainment fails and then
+    bisecting. Baselines are tried in each of their configurations (Sarathi
+    token budgets, DistServe layouts, Mooncake P:D splits) and the best counts."""
+    from dataclasses import replace
+
+    from ecoserve.metrics import LEVELS
+    from ecoserve.sim import sweep_policy
+
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    bad = [p for p in names if p not in ALL_POLICIES]
+    if bad or not names:
+        raise click.BadParameter(f"unknown policies {bad}; choose from {', '.join(ALL_POLICIES)}",
+                                 param_hint="--policies")
+    lv = {}
+    for name in (x.strip() for x in levels.split(",") if x.strip()):
+        try:
+            lv[name] = LEVELS[name] if name in LEVELS else float(name.lstrip("p")) / 100
+        except ValueError:
+            raise click.BadParameter(f"bad level {name!r}", param_hint="--levels") from None
+    extra = [float(x) for x in rates.split(",")] if rates else []
+    base, template = _setup(model, hardware, tp, instances, dataset, replay, slo_ttft, slo_tpot, burstiness,
+                            num_requests, seed, slack_mode, macro_size, chunk_size, pd_ratio)
+    bar = _progress(progress)
+    results = []
+    t0 = time.perf_counter()
+    try:
+        for name in names:
+            cfg = replace(base, policy=name)
+
+            def on_eval(pol, rate, att):
+                bar.update(pol, rate, att)
+
+            results.append(sweep_policy(cfg, template, lv, rel_tol=tolerance, start=start_rate,
+                                        min_duration=min_duration, on_eval=on_eval,
+                                        extra_rates=extra))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        bar.close()
+    out = {
+        "results": [r.to_json() for r in results],
+        "levels": lv,
+        "config": {k: v for k, v in base.describe().items() if k != "policy"},
+        "workload": _workload_json(template),
+        "wall_seconds": round(time.perf_counter() - t0, 2),
+    }
+    if plot_path:
+        from ecoserve.sim.plot import plot_attainment
+
+        title = (f"{base.model} on {base.instances}x {base.hardware.upper()} (TP={base.tp_}), {template.name}, "
+                 f"SLO {base.slo_ttft:g} s / {base.slo_tpot * 1e3:g} ms")
+        plot_attainment({r.policy: r.curve for r in results}, plot_path, title=title, levels=lv)
+        out["plot"] = str(plot_path)
+    if as_json:
+        click.echo(json.dumps(_clean(out)))
+        return
+    click.echo(f"goodput (req/s) of {base.instances} x {base.model} on {base.hardware}, {template.name}, "
+               f"SLO {base.slo_ttft:g} s / {base.slo_tpot * 1e3:g} ms")
+    keys = list(lv)
+    click.echo(f"  {'policy':<13}" + "".join(f"{k:>9}" for k in keys) + "   best configuration")
+    for r in results:
+        cfgs = sorted({json.dumps(c, sort_keys=True) for c in r.best_config.values() if c})
+        click.echo(f"  {r.policy:<13}" + "".join(f"{r.goodput[k]:>9.2f}" for k in keys) + "   " + "; ".join(cfgs))
+    if plot_path:
+        click.echo(f"  plot: {plot_path}")
+
+
+class _progress:
+    """tqdm on stderr, one tick per simulated run; a no-op if tqdm is missing."""
+
+    def __init__(self, enabled: bool | None) -> None:
+        self.bar = None
+        if enabled is False:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        self.bar = tqdm(desc="simulating", unit="run", file=sys.stderr, disable=None if enabled is None else False,
+                        dynamic_ncols=True)
+
+    def update(self, policy: str, rate: float, attainment: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{policy} @ {rate:.3g} req/s -> {attainment:.1%}", refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@simulate.command("presets")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def presets_cmd(as_json):
+    """List model and hardware presets with the derived engine numbers."""
+    from ecoserve.sim import HARDWARE, MODELS, RooflineModel, default_tp
+
+    rows = []
+    for h in HARDWARE:
+        for m in MODELS:
+            tp = default_tp(h, m)
+            rows.append(RooflineModel(m, h, tp).describe())
+    if as_json:
+        click.echo(json.dumps({"models": {k: v.__dict__ for k, v in MODELS.items()},
+                               "hardware": {k: v.__dict__ for k, v in HARDWARE.items()}, "instances": rows}))
+        return
+    click.echo(f"{'instance':<28}{'params':>8}{'KV tokens':>11}{'decode b=1':>12}{'prefill 512':>13}")
+    for r in rows:
+        click.echo(f"{r['name']:<28}{r['params_b']:>7}B{r['kv_capacity_tokens']:>11}"
+                   f"{r['decode_step_s_b1'] * 1e3:>10.1f}ms{r['prefill_s_512'] * 1e3:>11.1f}ms")
+
+
+@simulate.command("export-profile")
+@click.option("--model", type=click.Choice(PRESET_MODELS), default="codellama-34b", show_default=True)
+@click.option("--hardware", type=click.Choice(["l20", "a800", "h100"]), default="l20", show_default=True)
+@click.option("--tp", type=int, default=None, help="Default: the preset's.")
+@click.argument("path", type=click.Path(dir_okay=False, writable=True))
+def export_profile_cmd(model, hardware, tp, path):
+    """Write the roofline model of a preset as an engine profile JSON (the format
+    a real engine's measurements use; see ecoserve.workload.profile)."""
+    from ecoserve.sim import RooflineModel, default_tp
+
+    RooflineModel(model, hardware, tp or default_tp(hardware, model)).to_profile().save(path)
+    click.echo(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    simulate()
