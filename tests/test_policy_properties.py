@@ -6,7 +6,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ecoserve.policy import (
-    InstanceState,
     MitosisConfig,
     Queued,
     Routed,
@@ -39,7 +38,6 @@ def run(router, script, on_routed=None, prefix="r"):
         if kind == "submit":
             r = req(f"{prefix}{k}", prompt=a, out=b, at=now)
             k += 1
-            before = {i.id: (i.kv_reserved, len(i.window())) for i in router.instances()}
             out = router.submit(r, now)
             live.append(r.id)
         elif kind == "tokens" and live:

@@ -321,3 +321,12 @@ def test_seats_limit_routes_no_more_than_the_engine_can_admit():
     assert m.submit(req("c"), 0.0) == [Queued("c", Constraint.SEATS)]
     m.on_tokens("a", 1, 0.1)
     assert routed_to(m.on_finish("a", 0.2)) == [("c", "i0")]
+
+
+def test_baselines_run_instances_mixed_and_name_one_group():
+    for router in (RoundRobinRouter(), LeastLoadedRouter()):
+        inst = InstanceState("e", 1000)
+        router.add_instance(inst, 0.0)
+        assert inst.phase is Phase.MIXED and router.group_of("e") == "m0"
+    s = overall(sizes=(1, 1))
+    assert s.group_of("i0") != s.group_of("i1")

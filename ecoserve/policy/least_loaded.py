@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ecoserve.policy.actions import Constraint
 from ecoserve.policy.instance import InstanceState
+from ecoserve.policy.phase import Phase
 from ecoserve.policy.request import RequestState
 from ecoserve.policy.tracking import TrackingRouter
 
@@ -22,6 +23,7 @@ def load_score(inst: InstanceState) -> float:
 
 
 class LeastLoadedRouter(TrackingRouter):
+    instance_phase = Phase.MIXED  # engines run stock vLLM scheduling
     def __init__(self) -> None:
         super().__init__()
         self._start = 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ecoserve.policy.actions import Action, Constraint, Drained, Queued, Rejected, Routed
+from ecoserve.policy.actions import Action, Constraint, Drained, Queued, Rejected
 from ecoserve.policy.constraints import ConstraintChecker
 from ecoserve.policy.instance import InstanceState
 from ecoserve.policy.macro_instance import MacroInstance
@@ -48,6 +48,9 @@ class OverallScheduler(Router):
 
     def macro_of(self, instance_id: str) -> MacroInstance:
         return self._where[instance_id]
+
+    def group_of(self, instance_id: str) -> str:
+        return self._where[instance_id].name
 
     def move_instance(self, instance_id: str, to: int, now: float) -> list[Action]:
         """Hand an instance (its handle and its requests' state) to another macro."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from ecoserve.policy.actions import Constraint
 from ecoserve.policy.instance import InstanceState
+from ecoserve.policy.phase import Phase
 from ecoserve.policy.request import RequestState
 from ecoserve.policy.tracking import TrackingRouter
 
 
 class RoundRobinRouter(TrackingRouter):
+    instance_phase = Phase.MIXED  # engines run stock vLLM scheduling
     def __init__(self) -> None:
         super().__init__()
         self._next = 0

@@ -65,3 +65,8 @@ class Router(ABC):
     @abstractmethod
     def request(self, request_id: str) -> RequestState | None:
         """A routed or pending request that has not finished."""
+
+    def group_of(self, instance_id: str) -> str:
+        """The name of the macro instance an instance belongs to (one group,
+        ``m0``, for routers without macro instances)."""
+        return "m0"

@@ -10,11 +10,16 @@ from collections.abc import Iterable
 
 from ecoserve.policy.actions import Action, Constraint, Drained, Queued, Rejected, Routed
 from ecoserve.policy.instance import InstanceState
+from ecoserve.policy.phase import Phase
 from ecoserve.policy.request import RequestState
 from ecoserve.policy.router import Router
 
 
 class TrackingRouter(Router):
+    # The phase instances run in under this router; None: the router commands
+    # phases itself (EcoServe's windows).
+    instance_phase: Phase | None = None
+
     def __init__(self) -> None:
         self._instances: dict[str, InstanceState] = {}
         self._order: list[str] = []
@@ -98,6 +103,8 @@ class TrackingRouter(Router):
         self._instances[inst.id] = inst
         self._order.append(inst.id)
         self._max_cap = None
+        if self.instance_phase is not None:
+            inst.phase = self.instance_phase
         for req in inst.requests.values():  # an instance moved in with its requests
             self._requests[req.id] = req
         return self.reoffer(now)
