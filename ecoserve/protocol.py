@@ -1,0 +1,132 @@
+"""Typed messages between the coordinator and the engines' vLLM plugin.
+
+Defined once here and imported by both sides (``ecoserve.engine`` and
+``vllm_plugin``). Everything travels as msgspec JSON, decoded strictly into these
+Structs: unknown message types and wrong field types are rejected, and nothing
+is ever unpickled. JSON rather than msgpack so the very same bytes serve the
+ZeroMQ channel and the HTTP routes (``GET /ecoserve/status``).
+
+Wire summary
+- Commands (coordinator -> engine): ``SetPhase`` or ``GetStatus``, tagged by a
+  ``"type"`` field, e.g. ``{"type": "set_phase", "phase": "decode"}``.
+- Replies (engine -> coordinator): an ``EngineStatus`` (the fresh status, taken
+  after the command was applied) or an ``ErrorReply``.
+- Pushes (engine -> subscribers, ZeroMQ PUB): one ``EngineStatus`` after every
+  engine step while busy, and after every phase change.
+
+Base dependencies only (msgspec): the policy core and the simulator import this.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import msgspec
+
+# temporal: the engine alternates by itself, prefill first (EcoServe's default).
+# prefill:  admit and prefill; running decodes pause and keep their KV cache.
+# decode:   admit nothing; running requests decode.
+# mixed:    stock vLLM scheduling (baselines).
+Phase = Literal["temporal", "prefill", "decode", "mixed"]
+PHASES: tuple[str, ...] = ("temporal", "prefill", "decode", "mixed")
+
+# What the engine's batches currently contain (in every phase).
+Activity = Literal["idle", "prefill", "decode", "mixed"]
+
+StepKind = Literal["prefill", "decode", "mixed", "empty"]
+
+
+class SetPhase(msgspec.Struct, tag="set_phase", tag_field="type", forbid_unknown_fields=True):
+    """Switch the engine's phase; takes effect before its next step."""
+
+    phase: Phase
+
+
+class GetStatus(msgspec.Struct, tag="get_status", tag_field="type", forbid_unknown_fields=True):
+    """Ask for a fresh status (wakes an idle engine, changes nothing)."""
+
+
+Command = Union[SetPhase, GetStatus]
+
+
+class StepRecord(msgspec.Struct, frozen=True):
+    """One engine step, for online calibration of the prefill-time predictor.
+
+    ``duration_s`` runs from the start of scheduling to the end of output
+    processing, so it includes the model forward pass and sampling.
+    """
+
+    step: int  # engine step index (monotonic per engine)
+    start: float  # wall-clock time (time.time()) the step was scheduled
+    duration_s: float
+    kind: StepKind
+    prefill_tokens: int  # prompt (or recomputed) tokens computed this step
+    prefill_reqs: int
+    decode_batch: int  # requests that each decoded one token this step
+    decode_context_tokens: int  # sum of the decoding requests' context lengths
+
+
+class EngineAddresses(msgspec.Struct, frozen=True):
+    """ZeroMQ endpoints of one engine. ``status``: PUB socket pushing
+    ``EngineStatus`` (subscribe to b""); ``command``: ROUTER socket taking
+    ``Command`` messages (use a REQ or DEALER socket), answering with a reply."""
+
+    status: str
+    command: str
+
+
+class EngineStatus(msgspec.Struct, tag="status", tag_field="type"):
+    """A snapshot of one engine, exact at ``time`` (taken on the engine thread)."""
+
+    engine_id: str
+    seq: int  # increases with every status this engine emits
+    time: float  # wall-clock time of the snapshot
+    phase: Phase
+    phase_since: float  # wall-clock time the current phase was set
+    activity: Activity  # what the last batches held
+    activity_since: float  # when that activity began
+    step: int  # steps taken so far
+    num_waiting: int  # queued, not admitted (includes preempted requests)
+    num_prefilling: int  # admitted, prompt not fully computed (chunked prefill)
+    num_decoding: int  # producing tokens (paused during prefill phases)
+    kv_blocks_free: int
+    kv_blocks_total: int
+    block_size: int  # tokens per KV block
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    # Pushes carry the steps since the previous push; replies carry the most
+    # recent ones. Deduplicate by ``StepRecord.step``.
+    steps: list[StepRecord] = []
+    addresses: EngineAddresses | None = None
+    vllm_version: str = ""
+
+
+class ErrorReply(msgspec.Struct, tag="error", tag_field="type"):
+    """The command was rejected; the engine state is unchanged."""
+
+    error: str
+
+
+Reply = Union[EngineStatus, ErrorReply]
+
+_encoder = msgspec.json.Encoder()
+_command_decoder = msgspec.json.Decoder(Command)
+_reply_decoder = msgspec.json.Decoder(Reply)
+_status_decoder = msgspec.json.Decoder(EngineStatus)
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode_command(data: bytes | str) -> Command:
+    """Raises msgspec.DecodeError / ValidationError on anything malformed."""
+    return _command_decoder.decode(data)
+
+
+def decode_reply(data: bytes | str) -> Reply:
+    return _reply_decoder.decode(data)
+
+
+def decode_status(data: bytes | str) -> EngineStatus:
+    return _status_decoder.decode(data)

@@ -1,0 +1,433 @@
+"""The plugin inside real vLLM API servers (CPU build, tiny generated model).
+
+Two servers per test session, started side by side, each pinned to one core:
+`eco` runs the EcoServe scheduler, `stock` runs vLLM's own. Both have
+VLLM_PLUGINS=ecoserve, so `stock` also checks the endpoint plugin's error path,
+and it has an API key, which the plugin's routes must honour. Tests leave `eco`
+idle in `temporal` phase for the next test.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+zmq = pytest.importorskip("zmq")
+
+from ecoserve.protocol import EngineStatus, ErrorReply, GetStatus, SetPhase, decode_reply, decode_status, encode  # noqa: E402
+
+pytestmark = pytest.mark.engine
+
+SCHEDULER_CLS = "vllm_plugin.scheduler.EcoServeScheduler"
+MODEL_NAME = "tiny"
+START_TIMEOUT_S = 240
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, name: str, model: Path, log_dir: Path, core: int, extra_args: list[str], api_key: str = "") -> None:
+        self.name = name
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"{name}.log"
+        env = dict(
+            os.environ,
+            VLLM_PLUGINS="ecoserve",
+            VLLM_CPU_KVCACHE_SPACE="1",
+            VLLM_CPU_OMP_THREADS_BIND=str(core),
+            ECOSERVE_ENGINE_ID=name,
+        )
+        cmd = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(model), "--served-model-name", MODEL_NAME,
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--enforce-eager", "--max-model-len", "512", "--dtype", "bfloat16",
+            *extra_args, *(["--api-key", api_key] if api_key else []),
+        ]  # fmt: skip
+        self._log = open(self.log_path, "wb")
+        # Own process group: the API server's EngineCore child dies with it.
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.http = httpx.Client(base_url=self.url, timeout=60, headers=self.headers)
+
+    def wait_ready(self) -> None:
+        deadline = time.time() + START_TIMEOUT_S
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"{self.name} server exited ({self.proc.returncode}):\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        pytest.fail(f"{self.name} server not ready after {START_TIMEOUT_S}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        self.http.close()
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pass
+        try:  # stragglers (EngineCore) share the group
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self._log.close()
+
+    # ---- EcoServe control over HTTP -----------------------------------------
+    def status(self) -> EngineStatus:
+        r = self.http.get("/ecoserve/status")
+        assert r.status_code == 200, r.text
+        return decode_status(r.content)
+
+    def set_phase(self, phase: str) -> EngineStatus:
+        r = self.http.post("/ecoserve/phase", json={"phase": phase})
+        assert r.status_code == 200, r.text
+        return decode_status(r.content)
+
+
+@pytest.fixture(scope="session")
+def _servers(tiny_model, tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("vllm-logs")
+    servers = {
+        "eco": Server("eco", tiny_model, log_dir, core=0, extra_args=["--scheduler-cls", SCHEDULER_CLS]),
+        # With an API key: the plugin's routes must honour it like vLLM's own.
+        "stock": Server("stock", tiny_model, log_dir, core=1, extra_args=[], api_key="sesame"),
+    }
+    try:
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def _eco_ready(_servers) -> Server:
+    _servers["eco"].wait_ready()
+    return _servers["eco"]
+
+
+@pytest.fixture(scope="session")
+def stock(_servers) -> Server:
+    _servers["stock"].wait_ready()
+    return _servers["stock"]
+
+
+@pytest.fixture
+def eco(_eco_ready, request):
+    """The EcoServe server; afterwards back to temporal and drained. On a test
+    failure the server logs are printed (shown in the failure report)."""
+    failed_before = request.session.testsfailed
+    yield _eco_ready
+    try:
+        _eco_ready.set_phase("temporal")
+        wait_for(lambda: _idle(_eco_ready.status()), 60, "eco drained")
+    finally:
+        if request.session.testsfailed > failed_before:
+            print(f"----- {_eco_ready.name} server log (tail) -----\n{_eco_ready.log_tail()}")
+
+
+def _idle(st: EngineStatus) -> bool:
+    return st.num_waiting == st.num_prefilling == st.num_decoding == 0
+
+
+def wait_for(cond, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if value := cond():
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Stream(threading.Thread):
+    """One streaming completion; collects the generated token ids as they come."""
+
+    def __init__(self, server: Server, prompt: str, max_tokens: int, **params) -> None:
+        super().__init__(daemon=True)
+        self.body = {
+            "model": MODEL_NAME, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True,
+            "temperature": 0.0, "stream": True, "return_token_ids": True, **params,
+        }  # fmt: skip
+        self.url = server.url
+        self.headers = server.headers
+        self.tokens: list[int] = []
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            with httpx.stream("POST", self.url + "/v1/completions", json=self.body, headers=self.headers, timeout=120) as r:
+                r.raise_for_status()
+                for line in r.iter_lines():
+                    if line.startswith("data: {"):
+                        for choice in json.loads(line[6:])["choices"]:
+                            self.tokens.extend(choice.get("token_ids") or [])
+        except BaseException as e:  # reported by result()
+            self.error = e
+
+    def result(self, timeout: float = 120) -> list[int]:
+        self.join(timeout)
+        assert not self.is_alive(), "stream did not finish"
+        assert self.error is None, self.error
+        return self.tokens
+
+
+def prompt(i: int) -> str:
+    # Distinct and short (< one 128-token KV block), so KV counts are exact.
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+    return " ".join(words[(i + k) % len(words)] for k in range(5 + 3 * (i % 7))) + f" {i}"
+
+
+class Zmq:
+    """Coordinator-side ZeroMQ view of one engine (REQ for commands, SUB for pushes)."""
+
+    def __init__(self, status: EngineStatus) -> None:
+        self.ctx = zmq.Context()
+        self.req = self.ctx.socket(zmq.REQ)
+        self.req.connect(status.addresses.command)
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.setsockopt(zmq.RCVHWM, 0)  # keep every push until read
+        self.sub.connect(status.addresses.status)
+        time.sleep(0.2)  # SUB connects asynchronously
+
+    def call(self, payload: bytes, timeout_ms: int = 5000):
+        self.req.send(payload)
+        assert self.req.poll(timeout_ms), "no reply from the engine"
+        return decode_reply(self.req.recv())
+
+    def pushes(self) -> list[EngineStatus]:
+        out = []
+        while self.sub.poll(0):
+            out.append(decode_status(self.sub.recv()))
+        return out
+
+    def close(self) -> None:
+        self.req.close(0)
+        self.sub.close(0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def eco_zmq(eco):
+    z = Zmq(eco.status())
+    yield z
+    z.close()
+
+
+# ---------------------------------------------------------------------------
+
+
+def test_idle_status_is_exact(eco, eco_zmq):
+    st = eco.status()
+    assert (st.engine_id, st.phase, st.activity) == ("eco", "temporal", "idle")
+    assert _idle(st) and st.kv_blocks_free == st.kv_blocks_total > 0 and st.block_size > 0
+    assert st.vllm_version.startswith(("0.32.", "0.33."))
+    assert st.addresses.status.startswith("tcp://127.0.0.1:") and st.addresses.command.startswith("tcp://127.0.0.1:")
+    # An idle engine takes no steps (it does not spin) and both paths agree.
+    time.sleep(0.3)
+    again = eco_zmq.call(encode(GetStatus()))
+    assert again.step == st.step and again.seq > st.seq
+    assert (again.num_waiting, again.kv_blocks_free) == (0, st.kv_blocks_total)
+
+
+def test_decode_phase_holds_and_prefill_phase_admits(eco):
+    total = eco.status().kv_blocks_total
+    held = eco.set_phase("decode")
+    streams = [Stream(eco, prompt(i), max_tokens=12) for i in range(3)]
+    st = wait_for(lambda: (s := eco.status()).num_waiting == 3 and s, 10, "3 waiting")
+    time.sleep(0.3)
+    st = eco.status()  # exact while holding back: nothing admitted, no step taken
+    assert (st.num_waiting, st.num_prefilling, st.num_decoding) == (3, 0, 0)
+    assert st.step == held.step and st.kv_blocks_free == total
+    assert all(s.tokens == [] for s in streams)
+
+    eco.set_phase("prefill")
+    wait_for(lambda: all(len(s.tokens) == 1 for s in streams), 10, "first tokens")
+    time.sleep(0.3)  # prefill phase with only decodes left: paused, and no spinning
+    st = eco.status()
+    assert (st.num_waiting, st.num_decoding, st.activity) == (0, 3, "idle")
+    assert st.kv_blocks_free == total - 3  # one block each
+    assert [len(s.tokens) for s in streams] == [1, 1, 1]
+    time.sleep(0.2)
+    assert eco.status().step == st.step
+
+    late = Stream(eco, prompt(3), max_tokens=12)  # admitted and prefilled alone
+    wait_for(lambda: len(late.tokens) == 1, 10, "late first token")
+    time.sleep(0.2)
+    assert [len(s.tokens) for s in streams] == [1, 1, 1]
+    new_steps = [r for r in eco.status().steps if r.step > held.step]
+    assert new_steps and all(r.kind == "prefill" and r.decode_batch == 0 for r in new_steps)
+
+    eco.set_phase("decode")
+    assert all(len(s.result()) == 12 for s in [*streams, late])
+
+
+def test_phase_commands_take_effect_fast(eco, eco_zmq):
+    # Idle: the command wakes the sleeping engine loop (limit: 10 ms).
+    zmq_rtt, http_rtt = [], []
+    for phase in ["decode", "prefill", "temporal"] * 10:
+        t = time.perf_counter()
+        assert eco_zmq.call(encode(SetPhase(phase=phase))).phase == phase
+        zmq_rtt.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        assert eco.set_phase(phase).phase == phase
+        http_rtt.append(time.perf_counter() - t)
+    print(f"idle command round trip: zmq median {statistics.median(zmq_rtt) * 1e3:.2f} ms, "
+          f"http median {statistics.median(http_rtt) * 1e3:.2f} ms")  # fmt: skip
+    assert statistics.median(zmq_rtt) < 0.010 and statistics.median(http_rtt) < 0.010
+
+    # Busy: applied before the next step. The ack carries the step count at
+    # that moment; no step runs after it (the phase leaves nothing to run).
+    # Progress is read from the engine's pushes: the API server's streams can
+    # lag the engine by hundreds of ms on this machine.
+    eco.set_phase("decode")  # queue them, then release them together
+    streams = [Stream(eco, prompt(i), max_tokens=400) for i in range(4)]
+    wait_for(lambda: eco.status().num_waiting == 4, 30, "4 queued")
+    eco_zmq.pushes()
+    eco.set_phase("temporal")
+    decoding = wait_for(
+        lambda: [st for st in eco_zmq.pushes() if st.steps and st.steps[-1].decode_batch == 4], 30, "decoding"
+    )
+    seen = decoding[-1].step  # a step that has ended
+    t = time.perf_counter()
+    ack = eco_zmq.call(encode(SetPhase(phase="prefill")))
+    busy_rtt = time.perf_counter() - t
+    print(f"busy command round trip: {busy_rtt * 1e3:.2f} ms, {ack.step - seen} step(s) after the last pushed one")
+    assert ack.num_decoding == 4 and ack.step - seen <= 3
+    time.sleep(0.3)
+    st = eco_zmq.call(encode(GetStatus()))
+    assert st.step == ack.step and st.num_decoding == 4 and st.activity == "idle"
+    eco_zmq.call(encode(SetPhase(phase="temporal")))
+    assert all(len(s.result()) == 400 for s in streams)
+
+
+def _arrivals_during_decode(server: Server, z: Zmq, phase: str) -> list[EngineStatus]:
+    """Four requests decoding together in `phase`, six more arriving meanwhile;
+    returns the engine's status pushes from the whole run.
+
+    The four are queued in `decode` phase and released together: on this
+    2-core machine the API server hands concurrent requests over hundreds of ms
+    apart, and its streams lag the engine, so progress is read from pushes."""
+    server.set_phase("decode")
+    first = [Stream(server, prompt(i), max_tokens=400) for i in range(4)]
+    wait_for(lambda: server.status().num_waiting == 4, 30, "4 queued")
+    pushes = z.pushes()
+    server.set_phase(phase)
+
+    def decoding() -> bool:
+        pushes.extend(z.pushes())
+        return any(st.steps and st.steps[-1].decode_batch == 4 for st in pushes)
+
+    wait_for(decoding, 30, "decoding")
+    later = [Stream(server, prompt(i), max_tokens=10 + 5 * (i % 3)) for i in range(4, 10)]
+    for s in later + first:
+        s.result()
+    time.sleep(0.1)
+    return pushes + z.pushes()
+
+
+def _steps(pushes: list[EngineStatus], after: int) -> list:
+    records = {r.step: r for st in pushes for r in st.steps if r.step > after}
+    return [records[k] for k in sorted(records)]
+
+
+def _interrupted_decoding(pushes: list[EngineStatus]) -> bool:
+    """Did a request arrive while others were decoding? (A step prefilled it
+    while the status right after shows more decoding requests than it made.)"""
+    return any(
+        st.steps and st.steps[-1].prefill_reqs and st.num_decoding > st.steps[-1].prefill_reqs for st in pushes
+    )
+
+
+def test_temporal_never_mixes_prefill_and_decode(eco, eco_zmq):
+    # Arrivals overlapping decoding is a matter of timing here: up to 3 tries.
+    for _ in range(3):
+        start = eco.status().step
+        pushes = _arrivals_during_decode(eco, eco_zmq, "temporal")
+        records = _steps(pushes, start)
+        assert [r.step for r in records] == list(range(start + 1, start + 1 + len(records)))  # every step pushed
+        assert "mixed" not in [r.kind for r in records]
+        assert all(r.decode_batch == 0 for r in records if r.prefill_tokens)
+        assert all(r.duration_s > 0 for r in records) and max(r.decode_batch for r in records) >= 4
+        if _interrupted_decoding(pushes):
+            break
+    else:
+        pytest.fail("no arrival ever overlapped decoding")
+
+    # Control: the same workload under stock scheduling does mix (the check bites).
+    for _ in range(3):
+        start = eco.status().step
+        pushes = _arrivals_during_decode(eco, eco_zmq, "mixed")
+        kinds = [r.kind for r in _steps(pushes, start)]
+        if "mixed" in kinds:
+            break
+    else:
+        pytest.fail(f"stock scheduling never mixed: {[(k, len(list(g))) for k, g in itertools.groupby(kinds)]}")
+
+
+def test_outputs_identical_to_stock_scheduler(eco, stock):
+    def run(server: Server, **params) -> list[list[int]]:
+        if server is eco:  # queue them all, then prefill together and decode as a batch
+            eco.set_phase("decode")
+        streams = [Stream(server, prompt(i), max_tokens=24, **params) for i in range(8)]
+        if server is eco:
+            wait_for(lambda: eco.status().num_waiting == 8, 30, "8 queued")
+            eco.set_phase("temporal")
+        return [s.result() for s in streams]
+
+    greedy = run(eco)
+    assert all(len(t) == 24 for t in greedy)
+    assert greedy == run(stock)
+    seeded = {"temperature": 1.0, "seed": 1234}
+    assert run(eco, **seeded) == run(stock, **seeded)
+
+
+def test_bad_commands_are_rejected_and_engine_keeps_serving(eco, eco_zmq):
+    for body in [b"{", b'{"phase": "sideways"}', b'{"phase": "decode", "extra": 1}', b"[]"]:
+        r = eco.http.post("/ecoserve/phase", content=body)
+        assert r.status_code == 400 and isinstance(decode_reply(r.content), ErrorReply), r.text
+    for body in [b"", b"garbage", b'{"type": "reboot"}', b'{"type": "set_phase", "phase": 3}']:
+        r = eco.http.post("/ecoserve/command", content=body)  # rejected by the engine itself
+        assert r.status_code == 400 and isinstance(decode_reply(r.content), ErrorReply), r.text
+        assert isinstance(eco_zmq.call(body), ErrorReply)
+    # An oversized message is dropped by the socket; the channel stays usable.
+    dealer = eco_zmq.ctx.socket(zmq.DEALER)
+    dealer.connect(eco.status().addresses.command)
+    dealer.send(b"x" * 200_000)
+    dealer.close(0)
+    assert eco_zmq.call(encode(GetStatus())).phase == "temporal"
+    assert len(Stream(eco, prompt(0), max_tokens=5).result()) == 5
+
+
+def test_stock_scheduler_engine_explains_missing_plugin_scheduler(stock):
+    assert httpx.get(stock.url + "/ecoserve/status").status_code == 401  # no API key
+    assert httpx.post(stock.url + "/ecoserve/phase", json={"phase": "decode"}, headers={"Authorization": "Bearer x"}).status_code == 401
+    r = stock.http.get("/ecoserve/status")
+    assert r.status_code == 503
+    assert "--scheduler-cls" in decode_reply(r.content).error

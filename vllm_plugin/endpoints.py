@@ -1,0 +1,115 @@
+"""HTTP routes on the vLLM API server (``vllm.endpoint_plugins`` entry point).
+
+- ``GET  /ecoserve/status``  -> the engine's fresh status (EngineStatus JSON),
+  including the ZeroMQ addresses to subscribe to / send commands to.
+- ``POST /ecoserve/phase``   body ``{"phase": "prefill"}`` -> fresh status.
+- ``POST /ecoserve/command`` body: any protocol Command -> reply.
+Each is one EngineCore utility call: it runs on the engine thread between
+steps and wakes an idle engine. Errors come back as ErrorReply JSON (400 for a
+bad command, 401 without the API key, 503 when the engine cannot answer).
+
+vLLM's ``--api-key`` middleware guards only /v1-style paths; these routes can
+pause an engine, so they check the same keys themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+
+import msgspec
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import Response
+
+from ecoserve.protocol import ErrorReply, GetStatus, Phase, SetPhase, decode_reply, encode
+from vllm_plugin.control import UTILITY_METHOD
+
+_STATE_KEY = "ecoserve_engine_client"
+_KEYS_KEY = "ecoserve_api_key_hashes"
+
+
+class _PhaseBody(msgspec.Struct, forbid_unknown_fields=True):
+    phase: Phase
+
+
+_phase_body = msgspec.json.Decoder(_PhaseBody)
+
+
+def _json(body: bytes, status_code: int = 200) -> Response:
+    return Response(content=body, status_code=status_code, media_type="application/json")
+
+
+async def _engine_call(request: Request, payload: bytes) -> Response:
+    client = getattr(request.app.state, _STATE_KEY, None)
+    if client is None:
+        return _json(encode(ErrorReply(error="no engine attached to this server")), 503)
+    try:
+        reply = await client.engine_core.call_utility_async(UTILITY_METHOD, payload)
+    except Exception as e:  # engine without the EcoServe scheduler, or engine dead
+        return _json(
+            encode(
+                ErrorReply(
+                    error=f"engine call failed ({e}); is vLLM running with "
+                    "--scheduler-cls vllm_plugin.scheduler.EcoServeScheduler?"
+                )
+            ),
+            503,
+        )
+    return _json(reply, 400 if isinstance(decode_reply(reply), ErrorReply) else 200)
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+async def _authorize(request: Request) -> None:
+    hashes = getattr(request.app.state, _KEYS_KEY, None)
+    if not hashes:
+        return
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    given = _digest(token)
+    ok = False
+    for expected in hashes:  # constant time, like vLLM's own check
+        ok |= secrets.compare_digest(given, expected)
+    if scheme.lower() != "bearer" or not ok:
+        raise HTTPException(status_code=401, detail="Unauthorized")
+
+
+router = APIRouter(prefix="/ecoserve", tags=["ecoserve"], dependencies=[Depends(_authorize)])
+
+
+@router.get("/status")
+async def get_status(request: Request) -> Response:
+    return await _engine_call(request, encode(GetStatus()))
+
+
+@router.post("/phase")
+async def set_phase(request: Request) -> Response:
+    try:
+        body = _phase_body.decode(await request.body())
+    except msgspec.DecodeError as e:
+        return _json(encode(ErrorReply(error=f"rejected command: {e}")), 400)
+    return await _engine_call(request, encode(SetPhase(phase=body.phase)))
+
+
+@router.post("/command")
+async def command(request: Request) -> Response:
+    # Passed through as bytes: the engine decodes and validates it strictly.
+    return await _engine_call(request, await request.body())
+
+
+class EcoServeEndpoints:
+    """Factory target of the ``vllm.endpoint_plugins`` entry point."""
+
+    name = "ecoserve"
+    required_tasks = ("generate",)  # needs an engine; not for the render server
+
+    def attach_router(self, app: FastAPI) -> None:
+        app.include_router(router)
+
+    async def init_state(self, engine_client, state, args) -> None:
+        setattr(state, _STATE_KEY, engine_client)
+        # Same precedence as vLLM: --api-key, else VLLM_API_KEY.
+        keys = [k for k in (getattr(args, "api_key", None) or [os.environ.get("VLLM_API_KEY")]) if k]
+        setattr(state, _KEYS_KEY, [_digest(k) for k in keys])
