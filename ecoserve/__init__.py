@@ -6,3 +6,13 @@ must import with the base dependencies alone.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Lazy: ``from ecoserve import Coordinator`` pulls in asyncio, aiohttp and
+    # FastAPI only when asked for.
+    if name == "Coordinator":
+        from ecoserve.coordinator import Coordinator
+
+        return Coordinator
+    raise AttributeError(f"module 'ecoserve' has no attribute {name!r}")

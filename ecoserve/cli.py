@@ -42,8 +42,10 @@ def make_model_cmd(path: str, size: str, seed: int, force: bool) -> None:
 
 
 def _register_subcommands() -> None:
+    from ecoserve.serve_cli import serve
     from ecoserve.simulate_cli import simulate
 
+    main.add_command(serve)
     main.add_command(simulate)
 
 

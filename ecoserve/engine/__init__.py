@@ -1,0 +1,32 @@
+"""Engines as the coordinator sees them: handles, local launchers, status channel.
+
+- ``handle``: one engine's HTTP surface (streaming generation, phase commands,
+  status, tokenize);
+- ``status_stream``: its ZeroMQ status pushes;
+- ``launcher`` + ``resources``: local vLLM engines as child processes, each
+  on its own cores or GPUs, never orphaned;
+- ``sse``, ``chunks``, ``aggregate``: reading and reshaping streamed chunks;
+- ``tokens``: prompt token counts for the policy;
+- ``fake``: a stand-in engine for tests and benchmarks.
+"""
+
+from ecoserve.engine.handle import EngineHandle, EngineUnreachable, UpstreamHTTPError, UpstreamStream
+from ecoserve.engine.launcher import EngineStartError, LocalEngine, build_engines, stop_engines, wait_healthy
+from ecoserve.engine.resources import EngineSlot, PlacementError, plan_engines
+from ecoserve.engine.status_stream import StatusSubscriber
+
+__all__ = [
+    "EngineHandle",
+    "EngineSlot",
+    "EngineStartError",
+    "EngineUnreachable",
+    "LocalEngine",
+    "PlacementError",
+    "StatusSubscriber",
+    "UpstreamHTTPError",
+    "UpstreamStream",
+    "build_engines",
+    "plan_engines",
+    "stop_engines",
+    "wait_healthy",
+]

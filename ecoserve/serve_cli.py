@@ -1,0 +1,287 @@
+"""``ecoserve serve``: engines + coordinator + OpenAI API, in one command.
+
+    ecoserve serve --model PATH --engines 2 -- --max-model-len 2048
+    ecoserve serve --engine-url http://10.0.0.5:8000 --engine-url http://10.0.0.6:8000
+
+Order of events: bind the API port (fail fast if taken), start the engines and
+wait until healthy (a clear error with the failing engine's log tail if one
+does not come up), serve, and on Ctrl-C / SIGTERM / SIGHUP: stop taking
+requests, let running ones finish for a few seconds, stop the engines. The
+signals are ours alone (uvicorn's handlers are off), so a signal during the
+engines' start-up also stops them at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Generator
+from pathlib import Path
+
+import click
+
+from ecoserve.policy import POLICIES
+
+GRACEFUL_S = 5.0
+
+
+def _coeffs(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float, float] | None:
+    if value is None:
+        return None
+    try:
+        a, b, c = (float(x) for x in value.split(","))
+    except ValueError:
+        raise click.BadParameter("expected three numbers A,B,C (seconds = A + B*n + C*n^2)") from None
+    return a, b, c
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _ensure_model(path: str, size: str) -> None:
+    from ecoserve.models import make_model, model_matches
+
+    p = Path(path)
+    if model_matches(p, size) or (p / "config.json").is_file():
+        return
+    click.echo(f"model: generating a random-weight {size} model into {p} ...")
+    make_model(p, size=size, force=True)
+
+
+@click.command("serve", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", type=click.Path(), help="Model directory (or hub name) to start local engines for.")
+@click.option(
+    "--engines",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Local engines to start (each on its own cores, or its own GPUs).",
+)
+@click.option(
+    "--engine-url",
+    "engine_urls",
+    multiple=True,
+    metavar="URL",
+    help="Attach to a running vLLM engine started with VLLM_PLUGINS=ecoserve and "
+    "--scheduler-cls vllm_plugin.scheduler.EcoServeScheduler (repeatable). Instead of --model.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve the API on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--policy",
+    type=click.Choice(POLICIES),
+    default="ecoserve",
+    show_default=True,
+    help="ecoserve: SLO-aware routing with rolling prefill/decode phases. round-robin, least-loaded: "
+    "baselines; engines run stock vLLM scheduling (phase mixed).",
+)
+@click.option(
+    "--slo-ttft",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Time-to-first-token SLO, seconds.",
+)
+@click.option(
+    "--slo-tpot",
+    type=click.FloatRange(min=0, min_open=True),
+    default=0.1,
+    show_default=True,
+    help="Time-per-output-token SLO, seconds.",
+)
+@click.option(
+    "--api-key",
+    envvar="ECOSERVE_API_KEY",
+    default=None,
+    help="Require 'Authorization: Bearer KEY' on /v1 and /ecoserve (env ECOSERVE_API_KEY). /health stays open.",
+)
+@click.option(
+    "--prefill-coeffs",
+    callback=_coeffs,
+    default=None,
+    metavar="A,B,C",
+    help="Initial prefill-time model, seconds = A + B*n + C*n^2 for an n-token prompt. Default "
+    "0.01,0.001,0: a conservative linear guess, corrected online (x0.2..x5) from the engines' "
+    "prefill step times.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where local engines run; auto: GPUs if NVML sees any.",
+)
+@click.option(
+    "--cpu-kv-cache-gib",
+    type=click.IntRange(min=1),
+    default=None,
+    help="KV cache per CPU engine in GiB (VLLM_CPU_KVCACHE_SPACE). Default: a third of free memory, shared.",
+)
+@click.option(
+    "--tokenizer",
+    default=None,
+    help="Tokenizer directory for prompt token counts (default: the model's; in attach mode the engines' /tokenize).",
+)
+@click.option("--engine-api-key", default=None, help="API key the attached engines require.")
+@click.option(
+    "--log-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Engine logs (default ~/.cache/ecoserve/logs/<time>-<pid>).",
+)
+@click.option(
+    "--startup-timeout", type=float, default=600.0, show_default=True, help="Seconds for engines to become healthy."
+)
+@click.option(
+    "--max-pending",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Requests allowed to wait for an engine; beyond it, 429.",
+)
+@click.option(
+    "--generate-model",
+    type=click.Choice(["tiny", "small"]),
+    default=None,
+    help="If --model PATH holds no model, first write a random-weight one of this size there.",
+)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
+)
+@click.argument("engine_args", nargs=-1, type=click.UNPROCESSED)
+def serve(model, engines, engine_urls, host, port, policy, slo_ttft, slo_tpot, api_key, prefill_coeffs, device,
+          cpu_kv_cache_gib, tokenizer, engine_api_key, log_dir, startup_timeout, max_pending, generate_model,
+          log_level, engine_args) -> None:  # fmt: skip
+    """Serve an OpenAI-compatible API (/v1/completions, /v1/chat/completions,
+    /v1/models, /health, /metrics, /ecoserve/status) over vLLM engines
+    scheduled by EcoServe. Arguments after -- go to every local vLLM engine
+    (e.g. -- --max-model-len 2048 --tensor-parallel-size 2 --enforce-eager)."""
+    if (model is None) == (not engine_urls):
+        raise click.UsageError("give --model PATH (start engines) or --engine-url URL (attach), not both")
+    if engine_urls and engine_args:
+        raise click.UsageError("engine arguments after -- apply to local engines only (--model)")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if generate_model and model:
+        _ensure_model(model, generate_model)
+    if model and model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
+        raise click.ClickException(f"model directory {model} does not exist "
+                                   "(--generate-model tiny writes a random-weight test model there)")  # fmt: skip
+    from ecoserve.coordinator import DEFAULT_PREFILL_COEFFS, Coordinator
+
+    sock = _bind(host, port)
+    coord = Coordinator(
+        model, engines=engines, engine_urls=engine_urls, policy=policy, slo_ttft=slo_ttft, slo_tpot=slo_tpot,
+        engine_args=list(engine_args), device=device, log_dir=log_dir, startup_timeout=startup_timeout,
+        tokenizer=tokenizer, prefill_coeffs=prefill_coeffs or DEFAULT_PREFILL_COEFFS, engine_api_key=engine_api_key,
+        max_pending=max_pending, cpu_kv_cache_gib=cpu_kv_cache_gib,
+    )  # fmt: skip
+    try:
+        code = _run(_main(coord, sock, api_key, log_level))
+    finally:
+        sock.close()
+    sys.exit(code)
+
+
+def _run(coro) -> int:
+    try:
+        import uvloop  # the relay's throughput is mostly event-loop overhead
+    except ImportError:
+        return asyncio.run(coro)
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
+    uvloop.install()  # pragma: no cover
+    return asyncio.run(coro)  # pragma: no cover
+
+
+async def _main(coord, sock: socket.socket, api_key: str | None, log_level: str) -> int:
+    import uvicorn
+
+    from ecoserve.engine.launcher import EngineStartError
+    from ecoserve.server.app import create_app
+
+    class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Generator[None, None, None]:  # signals are ours (see module doc)
+            yield
+
+        def install_signal_handlers(self) -> None:  # older uvicorn spelling
+            pass
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        if len(received) == 1:
+            print(f"\n{sig.name}: shutting down (engines are being stopped) ...", file=sys.stderr, flush=True)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    where = f"{coord.n_engines} local engine(s)" if coord.model_path else f"{len(coord.engine_urls)} attached engine(s)"
+    print(f"ecoserve: starting {where} (policy {coord.policy}); engine logs in {coord.log_dir}", flush=True)
+    starting = asyncio.create_task(coord.start())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()  # start() stops whatever it launched
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await starting
+        print("ecoserve: stopped", file=sys.stderr, flush=True)
+        return 130 if received and received[0] == "SIGINT" else 143
+    try:
+        starting.result()
+    except (EngineStartError, RuntimeError, ValueError, OSError) as e:
+        stopper.cancel()
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+
+    app = create_app(coord, api_key=api_key)
+    config = uvicorn.Config(app, log_level="warning" if log_level == "info" else log_level, access_log=False,
+                            timeout_graceful_shutdown=GRACEFUL_S, lifespan="off")  # fmt: skip
+    server = _Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    base = f"http://{shown}:{port}"
+    for inst in coord.status()["instances"]:
+        print(f"  {inst['id']}: {inst['url']}" + (f" (pid {inst['pid']})" if inst["pid"] else ""), flush=True)
+    print(
+        f"ecoserve: ready. Send OpenAI requests to {base}/v1 (model {coord.served_model!r}), e.g.\n"
+        f"  curl {base}/v1/completions -H 'Content-Type: application/json' "
+        f'-d \'{{"prompt": "Hello", "max_tokens": 16}}\'\n'
+        f"  status: {base}/ecoserve/status   metrics: {base}/metrics   docs: {base}/docs   Ctrl-C to stop",
+        flush=True,
+    )
+    try:
+        await asyncio.wait({serving, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(serving, GRACEFUL_S + 5)
+    finally:
+        stopper.cancel()
+        await coord.stop()
+        print("ecoserve: stopped", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    serve()

@@ -1,0 +1,213 @@
+"""The coordinator's plumbing, against stand-in engines (ecoserve.engine.fake).
+
+Fast and deterministic: routing actions carried out, phases commanded in
+order, token accounting, rejection and queueing, client disconnects, engine
+failure with re-routing, auth. The proof that it works with vLLM itself is
+tests/test_serve_engines.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+from ecoserve.coordinator import Coordinator, RequestError
+from ecoserve.engine.fake import FakeEngine
+from ecoserve.server.app import create_app
+
+
+@contextlib.asynccontextmanager
+async def fakes(n: int = 2, **kw):
+    engines = [FakeEngine(**kw) for _ in range(n)]
+    try:
+        for e in engines:
+            await e.start()
+        yield engines
+    finally:
+        for e in engines:
+            await e.stop()
+
+
+@contextlib.asynccontextmanager
+async def served(coord: Coordinator, api_key: str | None = None):
+    """The real front door on a free port, in this event loop."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    server = uvicorn.Server(uvicorn.Config(create_app(coord, api_key=api_key), log_level="warning", lifespan="off"))
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+async def wait_until(cond, timeout: float = 5.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# ---------------------------------------------------------------------------------------
+
+
+async def test_generate_and_stream_through_python_api():
+    async with fakes(2, token_interval=0.001) as (a, b):
+        async with Coordinator(engine_urls=[a.url, b.url]) as coord:
+            reply = await coord.generate("one two three", max_tokens=5)
+            assert reply["choices"][0]["text"] == " tok" * 5 and reply["usage"]["completion_tokens"] == 5
+            chunks = [c async for c in coord.generate_stream("x y", max_tokens=4)]
+            assert [c["choices"][0]["text"] for c in chunks] == [" tok"] * 4
+            assert all("usage" not in c for c in chunks)  # the client did not ask for it
+            chat = await coord.chat([{"role": "user", "content": "hi"}], max_tokens=3, n=2)
+            assert [c["message"]["content"] for c in chat["choices"]] == [" tok" * 3] * 2
+            assert chat["usage"]["completion_tokens"] == 6
+            assert coord.status()["in_flight"] == 0
+            # Fed by the engines' status pushes (ZeroMQ; a subscriber may miss the very first ones).
+            await wait_until(lambda: coord.status()["predictor"]["observations"] >= 1, what="a prefill observation")
+            # EcoServe starts engines in decode, opens a prefill window per burst, closes it on the
+            # first token (the command goes out asynchronously, right after).
+            await wait_until(lambda: a.phase_log[-1] == "decode", what="the window to close")
+            assert a.phase_log[0] == "decode" and "prefill" in a.phase_log
+        assert a.phase_log[-1] == "temporal"  # an attached engine is handed back scheduling by itself
+
+
+async def test_baselines_run_engines_mixed_and_spread():
+    async with fakes(2) as (a, b):
+        async with Coordinator(engine_urls=[a.url, b.url], policy="round-robin") as coord:
+            await asyncio.gather(*(coord.generate("p", max_tokens=3) for _ in range(6)))
+            assert a.phase_log == b.phase_log == ["mixed"]
+            assert [i["routed_total"] for i in coord.status()["instances"]] == [3, 3]
+
+
+async def test_rejected_and_bad_requests_are_4xx():
+    async with fakes(1, kv_blocks=4, block_size=16) as (a,):  # 64 KV tokens
+        async with Coordinator(engine_urls=[a.url]) as coord:
+            with pytest.raises(RequestError) as e:
+                await coord.generate("p", max_tokens=100)
+            assert e.value.status == 400 and "KV" in e.value.message
+            with pytest.raises(RequestError) as e:
+                await coord.generate("p", max_tokens=8, model="other")
+            assert e.value.status == 404
+            with pytest.raises(RequestError) as e:  # refused by the engine itself: passed on
+                await coord.generate("p", max_tokens=8, temperature=-1)
+            assert e.value.status == 400 and "temperature" in e.value.message
+            assert coord.status()["in_flight"] == 0 and coord.router.instances()[0].kv_reserved == 0
+
+
+async def test_requests_queue_behind_a_full_window_and_all_finish():
+    # TTFT SLO of 10 ms against a predicted ~11 ms prefill: one request per
+    # window, so a burst queues and is routed window after window.
+    async with fakes(1, token_interval=0.001) as (a,):
+        async with Coordinator(engine_urls=[a.url], slo_ttft=0.01, slo_tpot=0.05) as coord:
+            queued = []
+            coord.observer.on_queued = queued.append  # type: ignore[method-assign]
+            replies = await asyncio.gather(*(coord.generate("p q", max_tokens=4) for _ in range(5)))
+            assert all(r["usage"]["completion_tokens"] == 4 for r in replies)
+            assert queued and set(queued) <= {"ttft", "tpot", "queue"}
+            assert a.phase_log[-1] == "decode"  # the last window closed
+            assert coord.status()["pending"] == 0
+
+
+async def test_client_disconnect_aborts_everywhere():
+    async with fakes(1, token_interval=0.01) as (a,):
+        async with Coordinator(engine_urls=[a.url]) as coord:
+            async with served(coord) as url:
+                body = {"prompt": "p", "max_tokens": 1000, "stream": True}
+                async with httpx.AsyncClient() as c:
+                    async with c.stream("POST", url + "/v1/completions", json=body) as r:
+                        async for line in r.aiter_lines():
+                            if line.startswith("data: {"):
+                                break
+                await wait_until(lambda: a.aborted == 1, what="the engine to see the abort")
+                await wait_until(lambda: coord.status()["in_flight"] == 0, what="the coordinator to forget it")
+                # Also while it waits for a phase: decode holds new requests back.
+                a.phase, a.honour_phases = "decode", True
+                coord.engines["engine-0"].acked_phase = "decode"
+                async with httpx.AsyncClient() as c:
+                    with contextlib.suppress(httpx.ReadTimeout):
+                        await c.post(url + "/v1/completions", json={"prompt": "p", "max_tokens": 5}, timeout=0.3)
+                await wait_until(lambda: coord.status()["in_flight"] == 0, what="the waiting request to be dropped")
+
+
+async def test_dead_engine_requests_move_to_the_other_one():
+    port = _free_port()
+    slow = subprocess.Popen(
+        [sys.executable, "-m", "ecoserve.engine.fake", "--port", str(port), "--prefill-delay", "30"]
+    )
+    try:
+        async with fakes(1) as (a,):
+            dead_url = f"http://127.0.0.1:{port}"
+            await wait_until(lambda: _up(dead_url), 15, "the slow fake engine")
+            async with Coordinator(engine_urls=[dead_url, a.url], policy="round-robin") as coord:
+                first = asyncio.create_task(coord.generate("p", max_tokens=3))  # lands on the slow one
+                await wait_until(lambda: coord.status()["instances"][0]["num_waiting"] == 1, what="routing")
+                slow.send_signal(signal.SIGKILL)
+                reply = await asyncio.wait_for(first, 15)
+                assert reply["usage"]["completion_tokens"] == 3  # re-routed: nothing lost
+                st = coord.status()["instances"]
+                assert not st[0]["healthy"] and st[1]["healthy"] and st[1]["routed_total"] == 1
+                assert (await coord.generate("p", max_tokens=2))["usage"]["completion_tokens"] == 2
+    finally:
+        slow.kill()
+        slow.wait()
+
+
+async def test_http_front_door_auth_models_metrics():
+    async with fakes(1) as (a,):
+        async with Coordinator(engine_urls=[a.url]) as coord:
+            async with served(coord, api_key="sesame") as url, httpx.AsyncClient(base_url=url) as c:
+                assert (await c.get("/health")).status_code == 200
+                r = await c.post("/v1/completions", json={"prompt": "p"})
+                assert r.status_code == 401 and r.json()["error"]["type"] == "AuthenticationError"
+                r = await c.post("/v1/completions", json={"prompt": "p"}, headers={"Authorization": "Bearer nope"})
+                assert r.status_code == 401
+                auth = {"Authorization": "Bearer sesame"}
+                assert (await c.get("/v1/models", headers=auth)).json()["data"][0]["id"] == "fake-model"
+                r = await c.post("/v1/completions", json={"prompt": "p", "max_tokens": 2}, headers=auth)
+                assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+                for bad in (
+                    {"prompt": []},
+                    {"prompt": "p", "n": 0},
+                    {"messages": []},
+                    {"prompt": "p", "stream_options": {}},
+                ):
+                    path = "/v1/chat/completions" if "messages" in bad else "/v1/completions"
+                    r = await c.post(path, json=bad, headers=auth)
+                    assert r.status_code == 400, (bad, r.text)
+                    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+                m = (await c.get("/metrics")).text
+                assert 'ecoserve_requests_total{outcome="success"} 1.0' in m
+                assert 'ecoserve_requests_total{outcome="client_error"}' in m
+                assert "/v1/completions" in (await c.get("/openapi.json")).json()["paths"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(url + "/health", timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False

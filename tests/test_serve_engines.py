@@ -1,0 +1,269 @@
+"""`ecoserve serve` with two real vLLM CPU engines (tiny model), driven by real clients.
+
+One server for the whole module, started in a subprocess exactly as a user
+would (`python -m ecoserve.serve_cli` is the `ecoserve serve` command), each
+engine pinned to one core. A low TTFT SLO (0.1 s) makes the EcoServe policy
+spread a burst over both engines (one prefill window holds only a few
+requests), so rolling activation is exercised. The last test sends SIGTERM
+and checks that no engine process is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ecoserve.engine.launcher import group_alive
+
+openai = pytest.importorskip("openai")
+
+pytestmark = pytest.mark.engine
+START_TIMEOUT_S = 420  # two engines on a shared 2-core machine
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Served:
+    def __init__(self, model: Path, log_dir: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_dir = log_dir
+        self.out_path = log_dir / "serve.out"
+        self._out = open(self.out_path, "wb")
+        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
+        cmd = [
+            sys.executable, "-m", "ecoserve.serve_cli", "--model", str(model), "--engines", "2",
+            "--port", str(self.port), "--slo-ttft", "0.1", "--slo-tpot", "0.1", "--log-dir", str(log_dir),
+            "--", "--max-model-len", "512", "--enforce-eager", "--dtype", "bfloat16",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.model = ""
+
+    def output(self) -> str:
+        text = self.out_path.read_text(errors="replace")
+        for log in sorted(self.log_dir.glob("engine-*.log")):
+            text += f"\n----- {log.name} (tail) -----\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        return text
+
+    def wait_ready(self) -> None:
+        deadline = time.time() + START_TIMEOUT_S
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"ecoserve serve exited ({self.proc.returncode}):\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    self.model = httpx.get(self.url + "/v1/models").json()["data"][0]["id"]
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        pytest.fail(f"ecoserve serve not ready after {START_TIMEOUT_S}s:\n{self.output()}")
+
+    def status(self) -> dict:
+        return httpx.get(self.url + "/ecoserve/status", timeout=10).json()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self._out.close()
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model, tmp_path_factory):
+    s = Served(tiny_model, tmp_path_factory.mktemp("serve"))
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        pids = []
+        if s.proc.poll() is None:
+            try:
+                pids = [i["pid"] for i in s.status()["instances"]]
+            except Exception:
+                pass
+        s.kill()
+        for pid in pids:  # never leave engines behind, even if a test failed
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def client(served):
+    c = openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    yield c
+    c.close()
+
+
+def _idle(served) -> None:
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        st = served.status()
+        if st["in_flight"] == 0 and all(i["num_running"] == i["num_waiting"] == 0 for i in st["instances"]):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"coordinator not idle: {served.status()}")
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def test_openai_completions(served, client):
+    r = client.completions.create(model=served.model, prompt="Once upon a time", max_tokens=8,
+                                  extra_body={"ignore_eos": True})  # fmt: skip
+    assert r.object == "text_completion" and len(r.choices) == 1 and r.choices[0].text
+    assert r.usage.completion_tokens == 8 and r.choices[0].finish_reason == "length"
+
+    r = client.completions.create(model=served.model, prompt=["one two", "three four five"], max_tokens=5, n=2,
+                                  temperature=0.8, seed=1, extra_body={"ignore_eos": True})  # fmt: skip
+    assert sorted(c.index for c in r.choices) == [0, 1, 2, 3] and r.usage.completion_tokens == 20
+
+    chunks = list(client.completions.create(model=served.model, prompt="hello", max_tokens=12, stream=True,
+                                            stream_options={"include_usage": True}, extra_body={"ignore_eos": True}))  # fmt: skip
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 12
+    assert "".join(c.choices[0].text for c in chunks[:-1]) and all(c.usage is None for c in chunks[:-1])
+
+    # Without include_usage the client gets no usage-only chunk (choices[0] always works).
+    chunks = list(client.completions.create(model=served.model, prompt="hello", max_tokens=6, stream=True,
+                                            extra_body={"ignore_eos": True}))  # fmt: skip
+    assert all(c.choices for c in chunks) and chunks[-1].choices[0].finish_reason == "length"
+
+    # Greedy output through the coordinator equals the stop-string-free text.
+    a = client.completions.create(model=served.model, prompt="abc", max_tokens=10, temperature=0,
+                                  extra_body={"ignore_eos": True})  # fmt: skip
+    b = "".join(c.choices[0].text for c in client.completions.create(
+        model=served.model, prompt="abc", max_tokens=10, temperature=0, stream=True, extra_body={"ignore_eos": True}))  # fmt: skip
+    assert a.choices[0].text == b
+
+
+def test_openai_chat(served, client):
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi there"}]
+    r = client.chat.completions.create(model=served.model, messages=msgs, max_tokens=7, extra_body={"ignore_eos": True})
+    assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content and r.usage.completion_tokens == 7
+
+    chunks = list(client.chat.completions.create(model=served.model, messages=msgs, max_completion_tokens=9,
+                                                 stream=True, stream_options={"include_usage": True},
+                                                 extra_body={"ignore_eos": True}))  # fmt: skip
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].usage.completion_tokens == 9
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_errors_are_openai_shaped(served, client):
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="no-such-model", prompt="x", max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="maximum context length"):
+        client.completions.create(model=served.model, prompt="x", max_tokens=100_000)
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=served.model, prompt="x", max_tokens=2, temperature=-1)
+    with pytest.raises(openai.BadRequestError):  # the engine's own validation, passed through
+        client.completions.create(model=served.model, prompt="x", max_tokens=2, extra_body={"top_k": -5})
+    r = httpx.post(served.url + "/v1/chat/completions", content=b"{not json", timeout=10)
+    assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    _idle(served)
+
+
+def test_vllm_benchmark_client_has_no_failures(served, tiny_model):
+    from vllm.benchmarks.serve import add_cli_args, main
+
+    parser = argparse.ArgumentParser()
+    add_cli_args(parser)
+    args = parser.parse_args([
+        "--backend", "vllm", "--base-url", served.url, "--endpoint", "/v1/completions",
+        "--model", served.model, "--tokenizer", str(tiny_model), "--dataset-name", "random",
+        "--random-input-len", "32", "--random-output-len", "16", "--num-prompts", "24",
+        "--request-rate", "20", "--ignore-eos", "--disable-tqdm", "--seed", "0",
+        "--ready-check-timeout-sec", "60",
+    ])  # fmt: skip
+    result = main(args)
+    assert result["failed"] == 0 and result["completed"] == 24, result
+    assert result["total_output_tokens"] == 24 * 16
+
+
+def test_64_concurrent_streams_exact_counts_on_both_engines(served):
+    before = {i["id"]: i["routed_total"] for i in served.status()["instances"]}
+
+    async def one(c: httpx.AsyncClient, i: int) -> int:
+        want = 20 + i % 13
+        body = {"model": served.model, "prompt": f"request {i} " + "word " * (i % 9), "max_tokens": want,
+                "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+        usage = pieces = 0
+        async with c.stream("POST", served.url + "/v1/completions", json=body) as r:
+            assert r.status_code == 200, await r.aread()
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    chunk = json.loads(line[6:])
+                    pieces += len(chunk["choices"])
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]["completion_tokens"]
+        assert usage == want and pieces >= 1
+        return usage
+
+    async def run() -> list[int]:
+        async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=100)) as c:
+            return await asyncio.gather(*(one(c, i) for i in range(64)))
+
+    got = asyncio.run(run())
+    assert got == [20 + i % 13 for i in range(64)]
+    after = {i["id"]: i["routed_total"] for i in served.status()["instances"]}
+    per_engine = {k: after[k] - before[k] for k in after}
+    assert sum(per_engine.values()) == 64
+    assert all(v > 0 for v in per_engine.values()), per_engine  # rolling activation used both engines
+    metrics = httpx.get(served.url + "/metrics").text
+    assert 'ecoserve_requests_total{outcome="success"}' in metrics and "ecoserve_ttft_seconds_bucket" in metrics
+    assert 'ecoserve_engine_phase{engine="engine-1",phase="decode"}' in metrics
+    _idle(served)
+
+
+def test_client_disconnect_aborts_upstream(served):
+    body = {"model": served.model, "prompt": "long one", "max_tokens": 480, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", served.url + "/v1/completions", json=body, timeout=60) as r:
+        for n, _ in enumerate(r.iter_lines()):
+            if n > 6:
+                break  # leave mid-stream
+    _idle(served)  # the coordinator forgot it
+    deadline = time.time() + 20
+    while time.time() < deadline:  # and the engines stopped generating it
+        engines = [i["engine"] for i in served.status()["instances"]]
+        if all(e["num_decoding"] == e["num_waiting"] == e["num_prefilling"] == 0 for e in engines):
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(served.status())
+
+
+def test_status_contract(served):
+    st = served.status()
+    assert st["policy"] == "ecoserve" and len(st["instances"]) == 2
+    for inst in st["instances"]:
+        assert {"id", "url", "phase", "num_running", "num_waiting", "macro_instance"} <= set(inst)
+        assert inst["healthy"] and inst["pid"] and inst["phase"] in ("prefill", "decode")
+    assert st["predictor"]["observations"] > 0  # calibrated from the engines' prefill steps
+    assert httpx.get(served.url + "/openapi.json").json()["paths"]["/v1/chat/completions"]
+
+
+def test_zz_sigterm_stops_every_engine(served):
+    pids = [i["pid"] for i in served.status()["instances"]]
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.proc.wait(timeout=90) == 0, served.output()
+    # Each engine's whole process group (API server, EngineCore, workers) is gone. Zombies
+    # do not count: an orphan's zombie waits for init to reap it and holds nothing.
+    assert not [pid for pid in pids if group_alive(pid)]
