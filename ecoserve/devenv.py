@@ -3,7 +3,7 @@
 Standard library only: this is what the README's two commands run on a fresh
 machine, before anything is installed.
 
-    python3 -m ecoserve.devenv run    # set up, then serve a generated model on CPU
+    python3 -m ecoserve.devenv run    # set up, then `ecoserve serve` a generated model on 2 CPU engines
     python3 -m ecoserve.devenv test   # set up, then run the test suite
 
 The set-up is idempotent: it re-installs only when pyproject.toml changed.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,28 @@ def ensure_venv() -> Path:
     return py
 
 
+SUMMARY = re.compile(r"^=*\s*\d+ (passed|failed|error|errors|skipped|deselected)\b.* in [\d.]+s")
+
+
+def run_tests(py: Path, args: list[str]) -> int:
+    """Run pytest, streaming its output, and repeat its summary line last:
+    libraries loaded by vLLM (triton's nanobind) print leak reports at
+    interpreter exit, after pytest's own closing line."""
+    proc = subprocess.Popen([str(py), "-m", "pytest", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    summary = last = ""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        last = line.strip()
+        if SUMMARY.match(last):
+            summary = last.strip("= ")
+    rc = proc.wait()
+    if summary and last.strip("= ") != summary:
+        print(summary, flush=True)
+    return rc
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"setup", "run", "test"}:
         print(__doc__)
@@ -74,8 +97,14 @@ def main(argv: list[str]) -> int:
     if cmd == "setup":
         return 0
     if cmd == "test":
-        return subprocess.call([str(py), "-m", "pytest", *(rest or ["-q"])], cwd=ROOT)
-    return subprocess.call([str(py), "-m", "ecoserve.quickstart", *rest], cwd=ROOT)
+        return run_tests(py, rest or ["-q"])
+    # The main job: two local CPU engines on a generated tiny model behind one
+    # OpenAI-compatible endpoint (extra arguments go to `ecoserve serve`).
+    serve = [str(py), "-m", "ecoserve.cli", "serve", "--model", str(ROOT / ".cache/models/tiny"),
+             "--generate-model", "tiny", "--engines", "2", *rest]
+    if "--" not in rest:
+        serve += ["--", "--max-model-len", "512", "--enforce-eager"]
+    return subprocess.call(serve, cwd=ROOT)
 
 
 if __name__ == "__main__":
