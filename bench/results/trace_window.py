@@ -8,11 +8,9 @@ workload (500 requests / 120 s, seed 0).
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from dataclasses import replace
 from ecoserve.sim import SimConfig, build, MODELS
 from ecoserve.sim.engine import SimEngine
 from ecoserve.policy.constraints import ConstraintChecker
-from ecoserve.policy.phase import Phase
 from ecoserve.workload import WorkloadTemplate
 model, ds, rate, slack = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 ttft = {"alpaca":1.0,"sharegpt":5.0,"longbench":15.0}[ds]
