@@ -32,22 +32,12 @@ from ecoserve.policy.slo import SLO
 POLICIES = ("ecoserve", "round-robin", "least-loaded")
 
 
-def make_router(
-    policy: str,
-    slo: SLO,
-    predictor: PrefillTimePredictor,
-    *,
-    slack_mode: str = "min",
-    output_reservation: float = 1.0,
-    decode_margin_s: float = 0.0,
-) -> Router:
-    """The router for a policy name (the CLI's ``--policy``)."""
+def make_router(policy: str, slo: SLO, predictor: PrefillTimePredictor, **check_options) -> Router:
+    """The router for a policy name (the CLI's ``--policy``). ``check_options``
+    go to EcoServe's ConstraintChecker (slack_mode, output_reservation,
+    decode_margin_s); the baselines check nothing."""
     if policy == "ecoserve":
-        checker = ConstraintChecker(
-            slo, predictor, slack_mode=slack_mode, output_reservation=output_reservation,
-            decode_margin_s=decode_margin_s,
-        )
-        return OverallScheduler(checker)
+        return OverallScheduler(ConstraintChecker(slo, predictor, **check_options))
     if policy == "round-robin":
         return RoundRobinRouter()
     if policy == "least-loaded":

@@ -44,12 +44,7 @@ def plot_attainment(
     ax.set_ylim(0, 102)
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(plt, fig, ax, path, title)
 
 
 def plot_bars(groups: Mapping[str, Mapping[str, float]], path: str, *, title: str = "", ylabel: str = "") -> None:
@@ -65,6 +60,11 @@ def plot_bars(groups: Mapping[str, Mapping[str, float]], path: str, *, title: st
     ax.set_xticklabels(list(groups), fontsize=8)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
+    _finish(plt, fig, ax, path, title)
+
+
+def _finish(plt, fig, ax, path: str, title: str) -> None:
+    """Legend, title, layout; write the PNG and free the figure."""
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
