@@ -76,15 +76,18 @@ def run_tests(py: Path, args: list[str]) -> int:
     proc = subprocess.Popen([str(py), "-m", "pytest", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
     summary = last = ""
+    ended_line = True
     assert proc.stdout is not None
     for line in proc.stdout:
         sys.stdout.write(line)
+        ended_line = line.endswith("\n")
         last = line.strip()
         if SUMMARY.match(last):
             summary = last.strip("= ")
     rc = proc.wait()
     if summary and last.strip("= ") != summary:
-        print(summary, flush=True)
+        # The exit-time reports may end without a newline: start a fresh line.
+        print(("" if ended_line else "\n") + summary, flush=True)
     return rc
 
 
