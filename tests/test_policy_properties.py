@@ -72,6 +72,8 @@ def assert_aggregates_exact(inst):
     assert inst.dec_tokens == sum(r.tokens_out for r in dec)
     assert abs(inst.dec_tfirst - sum(r.first_token_at for r in dec)) < 1e-6
     assert inst.kv_used == sum(r.prompt_tokens + r.tokens_out for r in inst.requests.values())
+    if dec:  # the cached least slack equals a fresh minimum
+        assert abs(inst.min_slack(0.0, 0.1) - min(r.saved_tpot(0.0, 0.1) for r in dec)) < 1e-6
 
 
 def check_constraints_at_routing(router, act, now):

@@ -93,7 +93,7 @@ class ConstraintChecker:
             if self.slack_mode == "mean":
                 slack = inst.mean_slack(now, self.slo.tpot)
             else:
-                slack = min(r.saved_tpot(now, self.slo.tpot) for r in inst.decoding())
+                slack = inst.min_slack(now, self.slo.tpot)
             if slack < stall + self.decode_margin_s:
                 return CheckResult(Constraint.TPOT, t_total, stall)
         if self.kv_need(req) > inst.kv_free:

@@ -44,6 +44,11 @@ class InstanceState:
     dec_tokens: int = 0
     dec_tfirst: float = 0.0
     kv_used: int = 0  # prompt + output tokens held by its requests (not reservations)
+    # min over decoders of (TPOT * tokens + t_first), for one TPOT; None: stale.
+    # Cached because a routing walk or a re-offer checks an instance many times
+    # between two changes of its decoders.
+    _min_key: float | None = field(default=None, repr=False)
+    _min_key_tpot: float = field(default=0.0, repr=False)
 
     def __post_init__(self) -> None:
         if self.kv_capacity_tokens <= 0:
@@ -88,6 +93,17 @@ class InstanceState:
             return None
         return (tpot * self.dec_tokens + self.dec_tfirst) / self.dec_n - now
 
+    def min_slack(self, now: float, tpot: float) -> float | None:
+        """The least saved TPOT among the decoders, or None when nothing decodes."""
+        if not self.dec_n:
+            return None
+        if self._min_key is None or self._min_key_tpot != tpot:
+            self._min_key = min(
+                r.tokens_out * tpot + r.first_token_at for r in self.requests.values() if r.first_token_at is not None
+            )
+            self._min_key_tpot = tpot
+        return self._min_key - now
+
     # -- transitions ---------------------------------------------------------------------
 
     def open_window(self, now: float) -> None:
@@ -122,12 +138,14 @@ class InstanceState:
         self.dec_tokens += req.tokens_out
         self.dec_tfirst += req.first_token_at
         self.kv_used += req.tokens_out
+        self._min_key = None
 
     def add_tokens(self, req: RequestState, count: int) -> None:
         """``count`` more tokens for a request that had started before."""
         req.tokens_out += count
         self.dec_tokens += count
         self.kv_used += count
+        self._min_key = None
 
     def leave(self, req: RequestState) -> None:
         del self.requests[req.id]
@@ -142,3 +160,4 @@ class InstanceState:
             self.dec_n -= 1
             self.dec_tokens -= req.tokens_out
             self.dec_tfirst -= req.first_token_at
+            self._min_key = None
