@@ -155,6 +155,13 @@ def _ensure_model(path: str, size: str) -> None:
     help="Requests allowed to wait for an engine; beyond it, 429.",
 )
 @click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1024),
+    default=16 * 1024 * 1024,
+    show_default=True,
+    help="Largest request body accepted; beyond it, 413.",
+)
+@click.option(
     "--generate-model",
     type=click.Choice(["tiny", "small"]),
     default=None,
@@ -165,8 +172,8 @@ def _ensure_model(path: str, size: str) -> None:
 )
 @click.argument("engine_args", nargs=-1, type=click.UNPROCESSED)
 def serve(model, engines, engine_urls, host, port, policy, slo_ttft, slo_tpot, api_key, prefill_coeffs, device,
-          cpu_kv_cache_gib, tokenizer, engine_api_key, log_dir, startup_timeout, max_pending, generate_model,
-          log_level, engine_args) -> None:  # fmt: skip
+          cpu_kv_cache_gib, tokenizer, engine_api_key, log_dir, startup_timeout, max_pending, max_body_bytes,
+          generate_model, log_level, engine_args) -> None:  # fmt: skip
     """Serve an OpenAI-compatible API (/v1/completions, /v1/chat/completions,
     /v1/models, /health, /metrics, /ecoserve/status) over vLLM engines
     scheduled by EcoServe. Arguments after -- go to every local vLLM engine
@@ -191,7 +198,7 @@ def serve(model, engines, engine_urls, host, port, policy, slo_ttft, slo_tpot, a
         max_pending=max_pending, cpu_kv_cache_gib=cpu_kv_cache_gib,
     )  # fmt: skip
     try:
-        code = _run(_main(coord, sock, api_key, log_level))
+        code = _run(_main(coord, sock, api_key, max_body_bytes, log_level))
     finally:
         sock.close()
     sys.exit(code)
@@ -209,7 +216,7 @@ def _run(coro) -> int:
     return asyncio.run(coro)  # pragma: no cover
 
 
-async def _main(coord, sock: socket.socket, api_key: str | None, log_level: str) -> int:
+async def _main(coord, sock: socket.socket, api_key: str | None, max_body_bytes: int, log_level: str) -> int:
     import uvicorn
 
     from ecoserve.engine.launcher import EngineStartError
@@ -254,7 +261,7 @@ async def _main(coord, sock: socket.socket, api_key: str | None, log_level: str)
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
 
-    app = create_app(coord, api_key=api_key)
+    app = create_app(coord, api_key=api_key, max_body_bytes=max_body_bytes)
     config = uvicorn.Config(app, log_level="warning" if log_level == "info" else log_level, access_log=False,
                             timeout_graceful_shutdown=GRACEFUL_S, lifespan="off")  # fmt: skip
     server = _Server(config)

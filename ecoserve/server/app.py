@@ -6,12 +6,21 @@ and not), ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus),
 ``/docs``. With an API key, ``/v1/*`` and ``/ecoserve/*`` need
 ``Authorization: Bearer KEY``; ``/health`` and ``/metrics`` stay open (load
 balancers and scrapers).
+
+Nothing malformed gets past the front door: a request body must be JSON
+(``Content-Type: application/json``, or none: 415 otherwise) of at most
+``max_body_bytes`` (16 MiB by default: 413 otherwise), then the schemas
+(``schemas.py``) and ``check_values`` validate every field (400), and the
+coordinator checks the model name (404) and the lengths against the model's
+context (400). Every refusal is OpenAI's error JSON (``errors.py``).
 """
 
 from __future__ import annotations
 
 import hmac
+import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -27,6 +36,10 @@ from ecoserve.server.schemas import ChatCompletionRequest, CompletionRequest, Er
 
 _enc = msgspec.json.Encoder()
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 502, 503)}
+_ERRORS.update({code: {"model": ErrorResponse} for code in (413, 415)})
+MAX_BODY_BYTES = 16 << 20  # 16 MiB: a 128k-token prompt as text is ~0.5 MiB; as JSON token ids ~1 MiB
+MAX_DEPTH = 64  # nesting of JSON arrays/objects in a request (response_format schemas nest a little)
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what the engine (msgspec, C, torch) can carry
 _STREAM_DOC = {"200": {"content": {"text/event-stream": {}, "application/json": {}},
                        "description": "A JSON reply, or server-sent events when `stream` is true."}}  # fmt: skip
 
@@ -44,7 +57,112 @@ def _auth(api_key: str | None):
     return check
 
 
-def create_app(coord: Coordinator, *, api_key: str | None = None) -> FastAPI:
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+class BodyGuard:
+    """ASGI middleware in front of every route with a body: refuses a body that
+    is not JSON (415) or larger than ``max_body_bytes`` (413, before reading
+    more than that), then replays the body it read to the app. A request with
+    no Content-Type is taken as JSON (curl --data-binary, simple clients)."""
+
+    def __init__(self, app: Any, max_body_bytes: int = MAX_BODY_BYTES,
+                 count: Callable[[str], None] = lambda outcome: None) -> None:  # fmt: skip
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.count = count
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        headers = {k.lower(): v for k, v in scope.get("headers", ())}
+        ctype = headers.get(b"content-type", b"").decode("latin-1")
+        if ctype and not _is_json(ctype):
+            return await self._refuse(scope, receive, send, 415, f"Unsupported Content-Type {ctype!r}: "
+                                      "the request body must be JSON (Content-Type: application/json).")  # fmt: skip
+        limit = self.max_body_bytes
+        too_big = f"The request body is larger than the server accepts ({limit} bytes)."
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                return await self._refuse(scope, receive, send, 400, "Invalid Content-Length header.")
+            if size > limit:
+                return await self._refuse(scope, receive, send, 413, too_big)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left while sending
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return await self._refuse(scope, receive, send, 413, too_big)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if not ctype:
+            scope = {**scope, "headers": [*scope.get("headers", ()), (b"content-type", b"application/json")]}
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: http.disconnect (relay.DisconnectWatcher)
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Any, receive: Any, send: Any, status: int, message: str) -> None:
+        self.count("client_error")
+        await errors.error_response(status, message)(scope, receive, send)
+
+
+def check_values(body: dict[str, Any]) -> None:
+    """Refuse (400) what JSON allows but neither JSON nor the engine can carry,
+    anywhere in the body (passed-through fields included): NaN or infinite
+    numbers, integers beyond 64 bits, strings with lone surrogates (invalid
+    UTF-8), nesting deeper than MAX_DEPTH. Iterative: no recursion limit to hit."""
+    stack: list[tuple[Any, str, int]] = [(v, k, 1) for k, v in body.items()]
+    while stack:
+        value, where, depth = stack.pop()
+        param = where.split(".", 1)[0].split("[", 1)[0]
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int):
+            if not _INT_MIN <= value <= _INT_MAX:
+                raise RequestError(400, f"`{where}`: integer {_short(value)} is out of range (64 bits at most)",
+                                   param=param)  # fmt: skip
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise RequestError(400, f"`{where}`: {value} is not a valid JSON number", param=param)
+        elif isinstance(value, str):
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise RequestError(400, f"`{where}`: invalid unicode (lone surrogate at character {e.start})",
+                                       param=param) from None  # fmt: skip
+        elif isinstance(value, (list, dict)):
+            if depth >= MAX_DEPTH:
+                raise RequestError(400, f"`{where}`: nested too deeply (more than {MAX_DEPTH} levels)", param=param)
+            items = enumerate(value) if isinstance(value, list) else value.items()
+            for k, v in items:
+                stack.append((v, f"{where}[{k}]" if isinstance(value, list) else f"{where}.{k}", depth + 1))
+
+
+def _short(n: int) -> str:
+    text = str(n) if n.bit_length() < 200 else f"of {len(str(abs(n)))} digits"
+    return text
+
+
+def create_app(coord: Coordinator, *, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The app. ``max_body_bytes``: the largest request body accepted (413 beyond)."""
     app = FastAPI(
         title="EcoServe",
         version=__version__,
@@ -52,7 +170,11 @@ def create_app(coord: Coordinator, *, api_key: str | None = None) -> FastAPI:
         "(temporal disaggregation, rolling activation, SLO-aware routing).",
     )
     metrics = Metrics(coord)
-    errors.install(app, count=lambda outcome: metrics.requests.labels(outcome).inc())
+    def count(outcome: str) -> None:
+        metrics.requests.labels(outcome).inc()
+
+    errors.install(app, count=count)
+    app.add_middleware(BodyGuard, max_body_bytes=max_body_bytes, count=count)
     coord.observer = metrics
     app.state.coordinator = coord
     app.state.metrics = metrics
@@ -60,6 +182,11 @@ def create_app(coord: Coordinator, *, api_key: str | None = None) -> FastAPI:
     started = int(time.time())
 
     async def serve(request: Request, kind: str, body: dict[str, Any]) -> Any:
+        try:
+            check_values(body)
+        except RequestError:
+            count("client_error")
+            raise
         watcher = DisconnectWatcher(request.receive)
         try:
             gen = await watcher.run(coord.open(kind, body))

@@ -3,7 +3,8 @@
 Every failure the front door reports goes through here, so clients (the
 ``openai`` package included) parse them the same way whatever went wrong:
 validation (400), authentication (401), unknown model or route (404), wrong
-method (405), overload (429/503), engine trouble (502). An unexpected bug is
+method (405), a body over the size limit (413), a body that is not JSON (415),
+overload (429/503), engine trouble (502). An unexpected bug is
 a 500 in the same shape, with the details in our log rather than the reply.
 """
 
@@ -23,7 +24,8 @@ log = logging.getLogger("ecoserve.server")
 
 _TYPES = {
     400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError", 404: "NotFoundError",
-    405: "MethodNotAllowedError", 413: "BadRequestError", 422: "BadRequestError", 429: "RateLimitError",
+    405: "MethodNotAllowedError", 413: "BadRequestError", 415: "BadRequestError", 422: "BadRequestError",
+    429: "RateLimitError",
     500: "InternalServerError", 502: "EngineError", 503: "ServiceUnavailableError",
 }  # fmt: skip
 
@@ -34,13 +36,66 @@ def error_response(status: int, message: str, type: str | None = None, param: st
 
 
 def _describe(errors: list[dict]) -> tuple[str, str | None]:
-    parts, param = [], None
-    for e in errors[:5]:
-        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
-        where = ".".join(loc)
-        param = param or (loc[0] if loc else None)
-        parts.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
+    """One readable message naming every offending field (at most 5), and the first as ``param``."""
+    parts: list[str] = []
+    param = None
+    seen: dict[str, None] = {}
+    unions: dict[str, tuple[list[str], str, int]] = {}
+    for e in errors:
+        kind, loc = e.get("type", ""), [x for x in e.get("loc", ()) if x != "body"]
+        if kind == "json_invalid":  # loc is ("body", position)
+            pos = loc[0] if loc else "?"
+            why = (e.get("ctx") or {}).get("error", "JSON decode error")
+            return f"The request body is not valid JSON: {why} (at character {pos}).", None
+        if not loc:  # the body as a whole
+            if kind == "missing":
+                return "The request body is missing; expected a JSON object.", None
+            return f"The request body must be a JSON object: {e.get('msg')}.", None
+        # Union members add their type to the location (prompt.list[int].0): one line per field.
+        cut = next((i for i, x in enumerate(loc) if not isinstance(x, int) and _is_tag(x)), len(loc))
+        where = ".".join(str(x) for x in loc[:cut])
+        param = param or str(loc[0])
+        if cut < len(loc):
+            rest = ".".join(str(x) for x in [*loc[:cut], *loc[cut + 1 :]])
+            detail = (
+                f"{rest}: {e.get('msg')}"
+                if len(loc) > cut + 1
+                else f"{e.get('msg')} (got {_json_type(e.get('input'))})"
+            )
+            if where not in unions:
+                unions[where] = ([], detail, len(loc))
+                parts.append(where)
+            options, _, depth = unions[where]
+            options.append(str(loc[cut]).replace("constrained-int", "int"))
+            if len(loc) > depth:  # the member that got furthest says best what is wrong
+                unions[where] = (options, detail, len(loc))
+        elif where not in seen:
+            seen[where] = None
+            parts.append(f"{where}: {e.get('msg')}")
+    lines = []
+    for part in parts[:5]:
+        if part in unions:
+            options, detail, _ = unions[part]
+            lines.append(f"{part}: expected {' or '.join(dict.fromkeys(options))}; {detail}")
+        else:
+            lines.append(part)
+    parts = lines
     return "; ".join(parts) or "invalid request", param
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "none", "dict", "list"}
+
+
+def _is_tag(x: object) -> bool:
+    """A pydantic union-member tag in an error location (``str``, ``list[int]``, ``StreamOptions``)."""
+    s = str(x)
+    return s in _TYPE_TAGS or "[" in s or s[:1].isupper()
+
+
+def _json_type(v: object) -> str:
+    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array",
+             dict: "an object", type(None): "null"}  # fmt: skip
+    return names.get(type(v), type(v).__name__)
 
 
 def install(app: FastAPI, count: Callable[[str], None] = lambda outcome: None) -> None:
@@ -62,7 +117,10 @@ def install(app: FastAPI, count: Callable[[str], None] = lambda outcome: None) -
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        resp = error_response(exc.status_code, str(exc.detail))
+        detail = str(exc.detail)
+        if detail == "There was an error parsing the body":  # FastAPI's words for e.g. a RecursionError
+            detail = "The request body is not valid JSON (not UTF-8, or nested too deeply)."
+        resp = error_response(exc.status_code, detail)
         for k, v in (exc.headers or {}).items():
             resp.headers[k] = v
         return resp

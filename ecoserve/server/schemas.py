@@ -5,60 +5,74 @@ a request waits in a queue) are typed; every other field vLLM accepts
 (``top_k``, ``min_tokens``, ``repetition_penalty``, ``logit_bias``,
 ``response_format``, ``tools``...) passes through untouched (``extra="allow"``)
 and the engine validates it.
+
+Typed fields are strict about JSON types (``"max_tokens": "5"``, ``true`` or
+``5.0`` is refused rather than coerced) and numbers must be finite. The
+server also checks every field, passed-through ones included, for what JSON
+or the engine cannot carry (``ecoserve.server.app.check_values``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
+
+Int = Annotated[int, Strict()]  # a JSON integer: no strings, booleans or 5.0
+Bool = Annotated[bool, Strict()]  # true or false: no "yes", 1
+TokenId = Annotated[int, Strict(), Field(ge=0)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
 
 
 class _Passthrough(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 class StreamOptions(_Passthrough):
-    include_usage: bool | None = None
-    continuous_usage_stats: bool | None = None
+    include_usage: Bool | None = None
+    continuous_usage_stats: Bool | None = None
 
 
 class _Sampling(_Passthrough):
     model: str | None = Field(None, description="Served model name (GET /v1/models); default: the one served.")
-    n: int = Field(1, ge=1, le=128, description="Choices per prompt.")
-    stream: bool = False
+    n: Int = Field(1, ge=1, le=128, description="Choices per prompt.")
+    stream: Bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     temperature: float | None = Field(None, ge=0.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = None
-    ignore_eos: bool | None = Field(None, description="vLLM: keep generating past EOS (benchmarks).")
+    seed: Int | None = Field(None, ge=-(2**63), lt=2**64)
+    ignore_eos: Bool | None = Field(None, description="vLLM: keep generating past EOS (benchmarks).")
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     user: str | None = None
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[int] | list[str] | list[list[int]] = Field(
+    prompt: str | TokenIds | list[str] | list[TokenIds] = Field(
         ..., description="Text, token ids, or a batch of either."
     )
-    max_tokens: int | None = Field(16, ge=1, description="Output tokens per choice (default 16, as OpenAI).")
-    logprobs: int | None = Field(None, ge=0)
-    echo: bool | None = None
+    max_tokens: Int | None = Field(16, ge=1, description="Output tokens per choice (default 16, as OpenAI).")
+    logprobs: Int | None = Field(None, ge=0)
+    echo: Bool | None = None
     suffix: str | None = None
+
+
+class ContentPart(_Passthrough):
+    type: str = Field(..., description="text, image_url, input_audio, ... (the engine checks the rest).")
 
 
 class ChatMessage(_Passthrough):
     role: str
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
 
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(..., min_length=1)
-    max_tokens: int | None = Field(None, ge=1, description="Deprecated by OpenAI; use max_completion_tokens.")
-    max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0)
+    max_tokens: Int | None = Field(None, ge=1, description="Deprecated by OpenAI; use max_completion_tokens.")
+    max_completion_tokens: Int | None = Field(None, ge=1)
+    logprobs: Bool | None = None
+    top_logprobs: Int | None = Field(None, ge=0)
 
 
 class ModelCard(BaseModel):
