@@ -16,7 +16,7 @@ pure function of its inputs. A *driver* decides where requests go:
 
 Token reports and fast-forwarding. While the router has no pending request, a
 token report for a request that has already started only adds to counters
-(``TrackingRouter.on_tokens``); so the engines may simulate a decode stretch
+(``Router.on_progress``); so the engines may simulate a decode stretch
 as one segment, and the driver reports the tokens of every step completed by
 ``now`` before each routing decision (``flush``), and the rest at the end of
 the segment. As soon as a request is pending, every engine falls back to one
