@@ -69,8 +69,10 @@ def common_options(f):
         click.option("--slack-mode", type=click.Choice(["mean", "min"]), default="min", show_default=True,
                      help="EcoServe's TPOT check: the least saved TPOT of the decoders (default: "
                           "protects every request) or their mean (the paper's check)."),
-        click.option("--macro-size", type=click.IntRange(1), default=11, show_default=True,
-                     help="EcoServe: instances per macro instance at most (N_u; the paper's run used 11)."),
+        click.option("--macro-size", "--macro-max", "macro_size", type=click.IntRange(1), default=11,
+                     show_default=True,
+                     help="EcoServe: instances per macro instance at most (N_u; the paper's run used 11). "
+                          "With --autoscale a macro instance that grows past it splits in two."),
         click.option("--chunk-size", type=click.IntRange(16), default=None,
                      help="Sarathi token budget per step. Default: the best of 256/512/1024/2048 and Sarathi's "
                           "SLO rule (sweep), or the SLO rule alone (run)."),
@@ -98,6 +100,9 @@ def simulate() -> None:
       ecoserve simulate run --policy ecoserve --rate 8
       ecoserve simulate sweep --dataset longbench --plot attainment.png
       ecoserve simulate run --policy vllm --dataset azure --instances 16
+      ecoserve simulate run --rate-steps 20:120,30:120,40:120,50:120 --autoscale \\
+          --instances 8 --min-instances 8 --max-instances 16 --macro-min 6 --macro-max 11 \\
+          --timeline timeline.json --plot timeline.png
     """
 
 
@@ -154,34 +159,112 @@ def _r(x, nd=4):
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, nd)
 
 
+def _steps_arg(ctx, param, value):
+    if value is None:
+        return None
+    from ecoserve.workload.arrivals import parse_rate_steps
+
+    try:
+        return parse_rate_steps(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def autoscale_options(f):
+    opts = [
+        click.option("--autoscale", is_flag=True,
+                     help="EcoServe: mitosis scaling. The policy's planner adds an instance when the mean TTFT "
+                          "passes the SLO, drains one when decoders have slack to spare, and splits or merges "
+                          "macro instances to keep them within [--macro-min, --macro-max]. --instances is the "
+                          "starting fleet."),
+        click.option("--min-instances", type=click.IntRange(1), default=1, show_default=True,
+                     help="Autoscaling: never fewer instances."),
+        click.option("--max-instances", type=click.IntRange(1), default=64, show_default=True,
+                     help="Autoscaling: never more instances (the cluster's nodes)."),
+        click.option("--macro-min", type=click.IntRange(1), default=1, show_default=True,
+                     help="Autoscaling: N_l, the fewest instances a macro instance keeps (the paper's run: 6); "
+                          "need 2 * N_l <= N_u + 1 so a split leaves two halves of at least N_l."),
+        click.option("--launch-delay", type=click.FloatRange(0), default=30.0, show_default=True,
+                     help="Autoscaling: seconds from asking for an instance to its first request (model load and "
+                          "engine start; the paper gives none, 30 s suits a 34B model)."),
+        click.option("--scale-interval", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+                     help="Autoscaling: seconds between consultations of the planner."),
+        click.option("--scale-cooldown", type=click.FloatRange(0), default=30.0, show_default=True,
+                     help="Autoscaling: no scale action within this many seconds of the last one."),
+        click.option("--ttft-window", type=click.FloatRange(0, min_open=True), default=30.0, show_default=True,
+                     help="Autoscaling: the sliding window (s) of the mean TTFT that triggers a scale-out."),
+        click.option("--scale-in-hold", type=click.FloatRange(0), default=30.0, show_default=True,
+                     help="Autoscaling: the slack must last this long (s) before an instance is drained."),
+        click.option("--timeline", "timeline_path", type=click.Path(dir_okay=False, writable=True), default=None,
+                     help="Autoscaling: write the time series (per window: instances, macro-instance layout, "
+                          "attainment, TTFT, TPOT; and every scale event) as JSON to this path."),
+        click.option("--window", "window_s", type=click.FloatRange(0, min_open=True), default=10.0,
+                     show_default=True, help="Autoscaling: width (s) of the timeline's windows."),
+        click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
+                     help="Autoscaling: write a PNG of per-window attainment and instance count over time."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
 @simulate.command("run")
 @click.option("--policy", type=click.Choice(ALL_POLICIES), default="ecoserve", show_default=True,
               help="Serving system to simulate.")
 @click.option("--rate", type=float, default=None,
               help="Mean arrival rate, requests/s. Required for synthetic datasets; for a replayed trace it "
                    "time-scales the trace (default: its own rate).")
+@click.option("--rate-steps", "rate_steps", default=None, callback=_steps_arg,
+              help="Instead of --rate: a load that steps over time, as RATE:SECONDS pairs run one after "
+                   "another (e.g. 20:120,30:120,40:120,50:120; Poisson, or Gamma with --burstiness). The "
+                   "number of requests follows from the steps.")
 @click.option("--records", "records_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write per-request results (arrival, lengths, TTFT, TPOT) as CSV to this path.")
+@autoscale_options
 @common_options
-def run_cmd(policy, rate, records_path, model, hardware, tp, instances, dataset, replay, slo_ttft, slo_tpot,
+def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, max_instances, macro_min,
+            launch_delay, scale_interval, scale_cooldown, ttft_window, scale_in_hold, timeline_path, window_s,
+            plot_path, model, hardware, tp, instances, dataset, replay, slo_ttft, slo_tpot,
             burstiness, num_requests, seed, slack_mode, macro_size, chunk_size, pd_ratio, as_json):
-    """Simulate one policy at one rate: attainment and TTFT/TPOT percentiles."""
+    """Simulate one policy at one rate (or a stepped load): attainment and
+    TTFT/TPOT percentiles; with --autoscale, mitosis scaling and its timeline."""
+    from dataclasses import replace
+
     from ecoserve.sim import run_best
+    from ecoserve.sim.runner import step_requests
 
     cfg, template = _setup(model, hardware, tp, instances, dataset, replay, slo_ttft, slo_tpot, burstiness,
                            num_requests, seed, slack_mode, macro_size, chunk_size, pd_ratio, policy)
-    if rate is None and not template.replay:
+    if rate_steps is not None and rate is not None:
+        raise click.UsageError("give --rate or --rate-steps, not both")
+    if rate is None and rate_steps is None and not template.replay:
         raise click.UsageError("--rate is required for synthetic datasets")
     if rate is not None and rate <= 0:
         raise click.BadParameter("must be > 0", param_hint="--rate")
+    if (timeline_path or plot_path) and not autoscale:
+        raise click.UsageError("--timeline and --plot of `run` go with --autoscale")
+    if autoscale:
+        try:
+            cfg = replace(cfg, autoscale=True, min_instances=min_instances, max_instances=max_instances,
+                          macro_min=macro_min, launch_delay_s=launch_delay, scale_interval_s=scale_interval,
+                          scale_cooldown_s=scale_cooldown, ttft_window_s=ttft_window,
+                          scale_in_hold_s=scale_in_hold, timeline_window_s=window_s)
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
     if cfg.policy == "sarathi" and cfg.chunk_size is None:
-        from dataclasses import replace
-
         from ecoserve.sim import sarathi_budget
 
         cfg = replace(cfg, chunk_size=sarathi_budget(cfg))
-    requests = template.at_rate(rate)
-    eff_rate = rate if rate is not None else template.native_rate
+    if rate_steps is not None:
+        try:
+            requests = step_requests(template, rate_steps)
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
+        span = sum(d for _, d in rate_steps)
+        eff_rate = len(requests) / span
+    else:
+        requests = template.at_rate(rate)
+        eff_rate = rate if rate is not None else template.native_rate
     t0 = time.perf_counter()
     try:
         res = run_best(cfg, requests, eff_rate)
@@ -206,8 +289,24 @@ def run_cmd(policy, rate, records_path, model, hardware, tp, instances, dataset,
     }
     if res.tried:
         out["tried"] = res.tried
+    if rate_steps is not None:
+        out["rate_steps"] = [{"rate": r, "seconds": d} for r, d in rate_steps]
+        out["workload"]["arrivals"] += " (stepped rate)"
     if records_path:
         _write_records(records_path, res.records)
+    if res.timeline is not None:
+        if timeline_path:
+            Path(timeline_path).write_text(json.dumps(_clean({**res.timeline, "rate_steps": out.get("rate_steps"),
+                                                              "config": out["config"]})))
+            out["timeline"] = str(timeline_path)
+        if plot_path:
+            from ecoserve.sim.plot import plot_timeline
+
+            c = res.config
+            plot_timeline(res.timeline, plot_path, steps=rate_steps,
+                          title=f"{c.model} on {c.hardware.upper()} (TP={c.tp_}), {template.name}: mitosis, "
+                                f"N_l={c.macro_min}, N_u={c.macro_size}")
+            out["plot"] = str(plot_path)
     if as_json:
         click.echo(json.dumps(_clean(out)))
         return
@@ -222,6 +321,15 @@ def run_cmd(policy, rate, records_path, model, hardware, tp, instances, dataset,
     for name, d, unit, scale in (("TTFT", s["ttft"], "s", 1), ("TPOT", s["tpot"], "ms", 1e3)):
         click.echo(f"  {name}: p50 {d['p50'] * scale:.3g} {unit}, p90 {d['p90'] * scale:.3g} {unit}, "
                    f"p99 {d['p99'] * scale:.3g} {unit}")
+    if "autoscale" in res.stats:
+        a = res.stats["autoscale"]
+        n, act = a["instances"], a["actions"]
+        click.echo(f"  autoscaling: {n['start']} -> {n['end']} instances (min {n['min']}, max {n['max']}), "
+                   f"{act['scale_out']} out, {act['scale_in']} in, {act['split']} split(s), {act['merge']} "
+                   f"merge(s); final layout {a['layout_end']}")
+        for k in ("timeline", "plot"):
+            if k in out:
+                click.echo(f"  {k}: {out[k]}")
     click.echo(f"  simulated {res.stats['sim_seconds']:.0f} s in {wall:.2f} s wall")
 
 

@@ -19,6 +19,11 @@ smaller TP (every layout whose weights fit is a candidate); Mooncake assigns
 whole nodes to prefill or decode (every P:D split is a candidate). Baselines
 get their best configuration: ``candidates()`` lists the variants and the
 runner keeps the best (``runner.py``).
+
+Mitosis autoscaling (``autoscale=True``, EcoServe only): ``instances`` is the
+starting fleet; the policy's ``MitosisPlanner`` grows and shrinks it within
+[``min_instances``, ``max_instances``] and splits or merges macro instances to
+keep them within [``macro_min``, ``macro_size``] (N_l, N_u); see ``autoscale.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from ecoserve.policy import SLO, InstanceState, PrefillTimePredictor, make_router
+from ecoserve.policy import (
+    SLO,
+    InstanceState,
+    MitosisConfig,
+    MitosisPlanner,
+    PrefillTimePredictor,
+    make_router,
+)
+from ecoserve.sim.autoscale import SimAutoscaler
 from ecoserve.sim.core import RouterDriver, Simulator
 from ecoserve.sim.engine import SimEngine
 from ecoserve.sim.engine_model import EngineModel, ProfileModel, RooflineModel
@@ -64,6 +77,20 @@ class SimConfig:
     pd_ratio: tuple[int, int] | None = None  # Mooncake prefill:decode nodes; None: best of all
     distserve_layout: tuple[int, int, int, int] | None = None  # per node (n_p, tp_p, n_d, tp_d); None: best
     max_num_seqs: int = 256  # vLLM's default
+    # Mitosis autoscaling (EcoServe only); the planner's knobs are MitosisConfig's
+    autoscale: bool = False
+    min_instances: int = 1
+    max_instances: int = 64
+    macro_min: int = 1  # N_l (N_u is macro_size)
+    # The paper gives no start-up time. 30 s: CodeLlama-34B's 68 GB of BF16
+    # weights read at a few GB/s (~15-20 s) plus vLLM's memory profiling and
+    # CUDA-graph capture (~10-15 s).
+    launch_delay_s: float = 30.0
+    scale_interval_s: float = 1.0  # how often the planner is consulted
+    ttft_window_s: float = 30.0
+    scale_cooldown_s: float = 30.0
+    scale_in_hold_s: float = 30.0
+    timeline_window_s: float = 10.0  # bins of the attainment time series
     # Simulation
     fast_forward: bool = True
     tick_s: float = 0.01
@@ -77,6 +104,23 @@ class SimConfig:
             raise ValueError("instances must be >= 1")
         if self.model in MODELS and self.hardware not in HARDWARE:
             raise ValueError(f"unknown hardware {self.hardware!r}; choose from {', '.join(HARDWARE)}")
+        if self.autoscale:
+            if self.policy != "ecoserve":
+                raise ValueError(f"autoscaling (mitosis) needs EcoServe's macro instances, not {self.policy!r}")
+            _ = self.mitosis  # validates N_l, N_u and the bounds
+            if not self.min_instances <= self.instances <= self.max_instances:
+                raise ValueError(f"the starting {self.instances} instances must lie within "
+                                 f"[min {self.min_instances}, max {self.max_instances}]")
+            if self.launch_delay_s < 0 or self.scale_interval_s <= 0 or self.timeline_window_s <= 0:
+                raise ValueError("need launch delay >= 0, scale interval > 0 and timeline window > 0")
+
+    @property
+    def mitosis(self) -> MitosisConfig:
+        return MitosisConfig(
+            macro_min=self.macro_min, macro_max=self.macro_size, min_instances=self.min_instances,
+            max_instances=self.max_instances, ttft_window_s=self.ttft_window_s,
+            cooldown_s=self.scale_cooldown_s, scale_in_hold_s=self.scale_in_hold_s,
+        )
 
     @property
     def tp_(self) -> int:
@@ -103,6 +147,13 @@ class SimConfig:
         if self.policy == "distserve" and self.distserve_layout:
             n_p, tp_p, n_d, tp_d = self.distserve_layout
             out["distserve_layout"] = f"{n_p}xP(tp{tp_p})+{n_d}xD(tp{tp_d}) per node"
+        if self.autoscale:
+            out["autoscale"] = {
+                "min_instances": self.min_instances, "max_instances": self.max_instances,
+                "macro_min": self.macro_min, "macro_max": self.macro_size, "launch_delay_s": self.launch_delay_s,
+                "scale_interval_s": self.scale_interval_s, "ttft_window_s": self.ttft_window_s,
+                "cooldown_s": self.scale_cooldown_s, "scale_in_hold_s": self.scale_in_hold_s,
+            }
         return out
 
 
@@ -164,8 +215,9 @@ class Cluster:
     config: SimConfig
     sim: Simulator
     driver: object
-    engines: list[SimEngine]
+    engines: list[SimEngine]  # every engine the run had (autoscaling appends the launched ones)
     info: dict = field(default_factory=dict)
+    autoscaler: SimAutoscaler | None = None
 
 
 def build(cfg: SimConfig) -> Cluster:
@@ -175,10 +227,11 @@ def build(cfg: SimConfig) -> Cluster:
         return _build_fudg(cfg, sim)
     model = cfg.engine_model()
     if cfg.policy == "ecoserve":
-        engines = [
-            SimEngine(sim, f"i{k}", model, "phased", max_num_seqs=cfg.max_num_seqs, node=k)
-            for k in range(cfg.instances)
-        ]
+
+        def new_engine(eid: str) -> SimEngine:
+            return SimEngine(sim, eid, model, "phased", max_num_seqs=cfg.max_num_seqs, node=int(eid[1:]))
+
+        engines = [new_engine(f"i{k}") for k in range(cfg.instances)]
         predictor = PrefillTimePredictor(points=model.prefill_points())
         router = make_router(
             "ecoserve", cfg.slo, predictor, slack_mode=cfg.slack_mode,
@@ -212,7 +265,19 @@ def build(cfg: SimConfig) -> Cluster:
     sim.driver = driver
     sim.engines = engines
     info["kv_capacity_tokens"] = engines[0].capacity
-    return Cluster(cfg, sim, driver, engines, info)
+    cluster = Cluster(cfg, sim, driver, engines, info)
+    if cfg.autoscale:
+
+        def launched(eid: str) -> SimEngine:
+            e = new_engine(eid)
+            cluster.engines.append(e)
+            return e
+
+        planner = MitosisPlanner(cfg.slo, cfg.mitosis)
+        cluster.autoscaler = SimAutoscaler(sim, driver, planner, launched, launch_delay_s=cfg.launch_delay_s,
+                                           interval_s=cfg.scale_interval_s)
+        cluster.autoscaler.start(0.0)
+    return cluster
 
 
 def _build_fudg(cfg: SimConfig, sim: Simulator) -> Cluster:

@@ -31,7 +31,7 @@ import heapq
 import math
 from collections.abc import Callable, Sequence
 
-from ecoserve.policy import Queued, Rejected, RequestState, Routed, SetPhase
+from ecoserve.policy import Drained, Queued, Rejected, RequestState, Routed, SetPhase
 from ecoserve.policy.router import Router
 from ecoserve.sim.engine import SimEngine, SimRequest
 from ecoserve.workload.workload import Request
@@ -57,6 +57,7 @@ class Simulator:
         self.slo_ttft = self.slo_tpot = float("inf")
         self.failures = 0
         self.stopped_early = False
+        self.arrivals_left = 0  # arrivals of the current run not yet delivered
 
     def note_first_token(self, r: SimRequest, t: float) -> None:
         if t - r.arrival > self.slo_ttft:
@@ -93,6 +94,7 @@ class Simulator:
         heap = self.heap
         push, pop = heapq.heappush, heapq.heappop
         n = len(reqs)
+        self.arrivals_left = n
         if n:
             self._seq += 1
             push(heap, (reqs[0].arrival, self._seq, _ARRIVAL, 0, None))
@@ -108,6 +110,7 @@ class Simulator:
             if kind == _STEP:
                 a.step_end(t, b)
             elif kind == _ARRIVAL:
+                self.arrivals_left -= 1
                 driver.on_arrival(reqs[a], t)
                 if a + 1 < n:
                     self._seq += 1
@@ -135,6 +138,28 @@ class RouterDriver:
             has = lambda: router.pending_len() > 0  # noqa: E731
         self._has_pending = has
         self.counts = {"queued": 0, "rejected": 0, "routed": 0, "ticks": 0, "set_phase": 0}
+        self.done = 0  # requests finished or rejected
+        # Hooks for an autoscaler (``autoscale.py``): first tokens feed its TTFT
+        # window; ``Drained`` tells it a removed instance is empty.
+        self.on_first_token: Callable[[SimRequest, float], None] | None = None
+        self.on_drained: Callable[[str, float], None] | None = None
+
+    def add_engine(self, engine: SimEngine) -> None:
+        """A launched engine joins (the router learns of it separately)."""
+        self.engines.append(engine)
+        self.by_id[engine.id] = engine
+
+    def remove_engine(self, engine_id: str) -> SimEngine:
+        """A drained engine leaves; it must hold no request."""
+        e = self.by_id.pop(engine_id)
+        if e.running or e.waiting or e.partial:
+            raise AssertionError(f"{engine_id} drained with requests still on it")
+        self.engines.remove(e)
+        return e
+
+    def unfinished(self) -> int:
+        """Requests that arrived and have not finished (or been rejected)."""
+        return len(self.reqs) - self.done
 
     # -- events from the simulator ----------------------------------------------------
 
@@ -146,7 +171,10 @@ class RouterDriver:
         self._check_pending(now)
 
     def on_tokens(self, engine: SimEngine, reqs, count: int, now: float) -> None:
+        first = self.on_first_token
         for r in reqs:
+            if first is not None and r.reported == 0:
+                first(r, now)
             r.reported += count
         actions = self.router.on_progress([(r.id, count) for r in reqs], now)
         if actions:
@@ -155,6 +183,7 @@ class RouterDriver:
             self._check_pending(now)
 
     def on_finish(self, engine: SimEngine, r: SimRequest, now: float) -> None:
+        self.done += 1
         self._apply(self.router.on_finish(r.id, now), now)
         if self.fine_grained:
             self._check_pending(now)
@@ -179,6 +208,13 @@ class RouterDriver:
 
     # -- carrying out the router's actions ------------------------------------------------
 
+    def apply(self, actions, now: float) -> None:
+        """Carry out actions that came from outside the event flow (an
+        autoscaler's add, remove, split or merge; ``flush`` before asking the
+        router for them), then re-check the queue."""
+        self._apply(actions, now)
+        self._check_pending(now)
+
     def _apply(self, actions, now: float) -> None:
         touched: list[SimEngine] = []
         for a in actions:
@@ -198,8 +234,12 @@ class RouterDriver:
             elif cls is Rejected:
                 r = self.reqs[a.request_id]
                 r.rejected = True
+                self.done += 1
                 self.counts["rejected"] += 1
                 self.sim.note_rejected(r)
+            elif cls is Drained:
+                if self.on_drained is not None:
+                    self.on_drained(a.instance_id, now)
         # Kick after the whole batch: a request and its window's SetPhase(PREFILL)
         # reach the engine together, as one command would.
         for e in touched:

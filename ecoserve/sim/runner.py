@@ -1,14 +1,17 @@
-"""Run simulations: one rate, the best configuration of a baseline, and the
-goodput search (``ecoserve.metrics.find_goodput``) per policy."""
+"""Run simulations: one rate, the best configuration of a baseline, the
+goodput search (``ecoserve.metrics.find_goodput``) per policy, and workloads
+whose rate steps over time (``step_requests``)."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ecoserve.metrics import LEVELS, RequestRecord, find_goodput, summarize
 from ecoserve.sim.cluster import SimConfig, build, candidates
+from ecoserve.workload.arrivals import RateSteps, expected_arrivals, warp_to_steps
 from ecoserve.workload.workload import Request, WorkloadTemplate
 
 
@@ -21,6 +24,7 @@ class RunResult:
     stats: dict
     wall_s: float
     tried: list[dict] = field(default_factory=list)  # other configurations tried (best-config search)
+    timeline: dict | None = None  # autoscaling runs: per-window series and scale events (autoscale.py)
 
     @property
     def attainment(self) -> float:
@@ -61,7 +65,31 @@ def simulate(
         "engine": totals,
         "driver": counts,
     }
-    return RunResult(cfg, rate, records, summary, stats, wall)
+    timeline = None
+    scaler = cluster.autoscaler
+    if scaler is not None:
+        stats["autoscale"] = scaler.summary(end)
+        held = scaler.instance_seconds(end)
+        stats["busy_fraction"] = totals.get("busy_s", 0.0) / held if held else 0.0
+        timeline = scaler.timeline(records, cfg.timeline_window_s, cfg.slo_ttft, cfg.slo_tpot, end)
+    return RunResult(cfg, rate, records, summary, stats, wall, timeline=timeline)
+
+
+def step_requests(template: WorkloadTemplate, steps: RateSteps) -> list[Request]:
+    """The template's requests under a load that steps through (rate, seconds)
+    pairs: its unit-rate arrivals time-changed by ``warp_to_steps``, so the
+    same seed gives the same burst pattern and lengths at any rates."""
+    if template.replay:
+        raise ValueError("load steps need synthetic arrivals, not a replayed trace (use --no-replay)")
+    mean = expected_arrivals(steps)
+    n = math.ceil(mean + 8 * math.sqrt(mean) + 16)  # covers the steps but for a 1e-15 chance; then doubled
+    while True:
+        unit = template.at_rate(1.0, n)
+        if unit[-1].arrival > mean:
+            break
+        n *= 2
+    times = warp_to_steps([r.arrival for r in unit], steps)
+    return [Request(r.id, t, r.prompt_tokens, r.output_tokens) for r, t in zip(unit, times)]
 
 
 def run_best(cfg: SimConfig, requests: Sequence[Request], rate: float | None = None) -> RunResult:

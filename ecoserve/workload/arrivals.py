@@ -8,6 +8,7 @@ fresh noise, and attainment varies smoothly with the rate.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 
@@ -72,3 +73,62 @@ def empirical_cv(times: Sequence[float]) -> float:
     m = sum(gaps) / len(gaps)
     var = sum((g - m) ** 2 for g in gaps) / (len(gaps) - 1)
     return var**0.5 / m
+
+
+# -- time-varying rate: load steps ------------------------------------------------------
+
+RateSteps = Sequence[tuple[float, float]]  # (rate in req/s, duration in s), one after another from 0
+
+
+def parse_rate_steps(text: str) -> list[tuple[float, float]]:
+    """``"20:120,30:120"`` -> ``[(20.0, 120.0), (30.0, 120.0)]`` (RATE:SECONDS pairs)."""
+    steps = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        try:
+            rate, dur = (float(x) for x in part.split(":"))
+        except ValueError:
+            raise ValueError(f"bad load step {part!r}: use RATE:SECONDS, e.g. 20:120") from None
+        steps.append((rate, dur))
+    check_rate_steps(steps)
+    return steps
+
+
+def check_rate_steps(steps: RateSteps) -> None:
+    if not steps:
+        raise ValueError("need at least one load step (RATE:SECONDS)")
+    for rate, dur in steps:
+        if not (rate > 0 and math.isfinite(rate)) or not (dur > 0 and math.isfinite(dur)):
+            raise ValueError(f"load step {rate:g}:{dur:g}: rate and duration must be > 0")
+
+
+def expected_arrivals(steps: RateSteps) -> float:
+    """The integral of the rate over the steps: the mean number of arrivals."""
+    return sum(rate * dur for rate, dur in steps)
+
+
+def warp_to_steps(unit_times: Sequence[float], steps: RateSteps) -> list[float]:
+    """Arrival times under a piecewise-constant rate, from the arrival times of a
+    rate-1 process (cumulative unit gaps, sorted).
+
+    Each unit time ``s`` maps to ``t = L^-1(s)``, where ``L(t)`` is the integral of
+    the rate up to ``t`` (a time change): a unit Poisson process becomes the
+    inhomogeneous Poisson process of that rate, and Gamma gaps keep their burst
+    pattern within each step. As with ``times_from_gaps``, one seed gives the same
+    shape of traffic whatever the rates. Times past the last step are dropped.
+    """
+    check_rate_steps(steps)
+    out: list[float] = []
+    t0 = 0.0  # start of the current step, in real time
+    s0 = 0.0  # L(t0)
+    k = 0
+    for s in unit_times:
+        while k < len(steps) and s > s0 + steps[k][0] * steps[k][1]:
+            s0 += steps[k][0] * steps[k][1]
+            t0 += steps[k][1]
+            k += 1
+        if k == len(steps):
+            break
+        out.append(t0 + (s - s0) / steps[k][0])
+    return out
