@@ -3,24 +3,29 @@
 - ``handle``: one engine's HTTP surface (streaming generation, phase commands,
   status, tokenize);
 - ``status_stream``: its ZeroMQ status pushes;
+- ``launcher_api``: the launcher contract (``EngineLauncher``);
 - ``launcher`` + ``resources``: local vLLM engines as child processes, each
-  on its own cores or GPUs, never orphaned;
+  on its own cores or GPUs, never orphaned (``LocalLauncher``);
 - ``sse``, ``chunks``, ``aggregate``: reading and reshaping streamed chunks;
 - ``tokens``: prompt token counts for the policy;
 - ``fake``: a stand-in engine for tests and benchmarks.
 """
 
 from ecoserve.engine.handle import EngineHandle, EngineUnreachable, UpstreamHTTPError, UpstreamStream
-from ecoserve.engine.launcher import EngineStartError, LocalEngine, build_engines, stop_engines, wait_healthy
+from ecoserve.engine.launcher import LocalEngine, LocalLauncher, build_engines, stop_engines
+from ecoserve.engine.launcher_api import EngineLauncher, EngineStartError, LaunchedEngine, wait_healthy
 from ecoserve.engine.resources import EngineSlot, PlacementError, plan_engines
 from ecoserve.engine.status_stream import StatusSubscriber
 
 __all__ = [
     "EngineHandle",
+    "EngineLauncher",
     "EngineSlot",
     "EngineStartError",
     "EngineUnreachable",
+    "LaunchedEngine",
     "LocalEngine",
+    "LocalLauncher",
     "PlacementError",
     "StatusSubscriber",
     "UpstreamHTTPError",

@@ -30,9 +30,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
+from ecoserve.engine.launcher_api import EngineLauncher, EngineStartError, LaunchedEngine, wait_healthy
+from ecoserve.engine.resources import EngineSlot, PlacementError, plan_engines
 
-from ecoserve.engine.resources import EngineSlot
+__all__ = [
+    "EngineStartError", "LocalEngine", "LocalLauncher", "build_engines", "free_port", "stop_engines", "wait_healthy",
+]
 
 SCHEDULER_CLS = "vllm_plugin.scheduler.EcoServeScheduler"
 PLUGIN_NAME = "ecoserve"
@@ -45,10 +48,6 @@ try:
     _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 except OSError:  # pragma: no cover
     _libc = None
-
-
-class EngineStartError(RuntimeError):
-    """An engine exited or stayed unhealthy while starting; the message holds its log tail."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -227,18 +226,20 @@ def build_engines(
     initial_phase: str = "decode",
     base_cmd: Sequence[str] | None = None,
     extra_env: dict[str, str] | None = None,
+    ids: Sequence[str] | None = None,
 ) -> list[LocalEngine]:
-    """One engine per slot, not started. ``base_cmd`` replaces the vLLM
-    command (tests use it to start stand-ins)."""
+    """One engine per slot, not started (ids default to ``engine-<slot>``).
+    ``base_cmd`` replaces the vLLM command (tests use it to start stand-ins)."""
     check_engine_args(engine_args)
     engines = []
-    for slot in slots:
+    ids = list(ids) if ids is not None else [f"engine-{s.index}" for s in slots]
+    for slot, eid in zip(slots, ids, strict=True):
         port = free_port(host)
         env = dict(os.environ)
         env.update(extra_env or {})
         env.update(slot.env)
         env["VLLM_PLUGINS"] = _plugins_env(env.get("VLLM_PLUGINS"))
-        env["ECOSERVE_ENGINE_ID"] = f"engine-{slot.index}"
+        env["ECOSERVE_ENGINE_ID"] = eid
         env["ECOSERVE_PHASE"] = initial_phase  # right from the first step, before any command
         if base_cmd is None:
             cmd = [
@@ -248,39 +249,93 @@ def build_engines(
             ]  # fmt: skip
         else:
             cmd = [a.format(port=port, host=host, model=model) for a in base_cmd]
-        engines.append(
-            LocalEngine(f"engine-{slot.index}", host, port, log_dir / f"engine-{slot.index}.log", cmd, env, slot)
-        )
+        engines.append(LocalEngine(eid, host, port, log_dir / f"{eid}.log", cmd, env, slot))
     return engines
 
 
-async def wait_healthy(engines: Sequence[LocalEngine], timeout: float) -> None:
-    """Until every engine answers ``GET /health`` with 200. Raises
-    EngineStartError (exit code and log tail) for the first that exits or is
-    still not healthy at the deadline. Cancellable."""
-    deadline = time.monotonic() + timeout
-    pending = list(engines)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-        while pending:
-            for e in list(pending):
-                code = e.exit_code()
-                if code is not None:
-                    raise EngineStartError(
-                        f"{e.id} ({e.url}) exited with code {code} while starting. "
-                        f"Last lines of {e.log_path}:\n{e.log_tail()}"
-                    )
-                try:
-                    async with http.get(e.url + "/health") as r:
-                        if r.status == 200:
-                            pending.remove(e)
-                except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
-                    pass
-            if not pending:
-                return
-            if time.monotonic() > deadline:
-                e = pending[0]
-                raise EngineStartError(
-                    f"{e.id} ({e.url}) was not healthy after {timeout:.0f} s. "
-                    f"Last lines of {e.log_path}:\n{e.log_tail()}"
-                )
-            await asyncio.sleep(0.5)
+class LocalLauncher(EngineLauncher):
+    """Engines as child processes of this one, each on its own cores or GPUs.
+
+    The machine is planned once for ``slots`` engines (the most that may run
+    at once); a launched engine takes a free slot and gives it back when it
+    stops, so scaling out and in, or replacing a dead engine, never makes two
+    engines share cores that the plan gave to one.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        model: str,
+        engine_args: Sequence[str] = (),
+        *,
+        slots: int = 1,
+        device: str = "auto",
+        log_dir: Path,
+        extra_env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        base_cmd: Sequence[str] | None = None,
+        stop_grace: float = STOP_GRACE_S,
+    ) -> None:
+        check_engine_args(engine_args)
+        self.model = model
+        self.stop_grace = stop_grace
+        self.engine_args = list(engine_args)
+        self.plan = plan_engines(slots, engine_args, device)
+        self.log_dir = log_dir
+        self.extra_env = dict(extra_env or {})
+        self.host = host
+        self.base_cmd = base_cmd
+        self._free = list(self.plan)
+        self._running: dict[str, LocalEngine] = {}
+        self._launched = 0
+
+    @property
+    def device(self) -> str:
+        return self.plan[0].device
+
+    def capacity(self) -> int:
+        return len(self._free)
+
+    def launch(self, count: int, *, initial_phase: str) -> list[LaunchedEngine]:
+        if count > len(self._free):
+            raise PlacementError(
+                f"cannot start {count} more engine(s): {len(self._free)} of {len(self.plan)} slots are free "
+                f"(raise --max-engines, or free devices)"
+            )
+        slots, self._free = self._free[:count], self._free[count:]
+        ids = [f"engine-{self._launched + k}" for k in range(count)]
+        self._launched += count
+        engines = build_engines(
+            self.model, slots, self.engine_args, self.log_dir, host=self.host, initial_phase=initial_phase,
+            base_cmd=self.base_cmd, extra_env=self.extra_env, ids=ids,
+        )  # fmt: skip
+        started: list[LaunchedEngine] = []
+        try:
+            for e in engines:  # on this (the loop's) thread: see the module doc
+                e.start()
+                self._running[e.id] = e
+                started.append(e)
+        except BaseException:
+            stop_engines([e for e in engines if e.proc is not None])
+            self._release(engines)
+            raise
+        return started
+
+    def _release(self, engines: Sequence[LocalEngine]) -> None:
+        for e in engines:  # each was running, or never started
+            self._running.pop(e.id, None)
+            if e.slot is not None and e.slot not in self._free:
+                self._free.append(e.slot)
+        self._free.sort(key=lambda s: s.index)
+
+    async def stop(self, engines: Sequence[LaunchedEngine]) -> None:
+        mine = [self._running[e.id] for e in engines if e.id in self._running]
+        if not mine:
+            return
+        # Shielded: a second Ctrl-C must not leave engines behind.
+        await asyncio.shield(asyncio.to_thread(stop_engines, mine, self.stop_grace))
+        self._release(mine)
+
+    async def close(self) -> None:
+        await self.stop(list(self._running.values()))
