@@ -48,7 +48,8 @@ def _run(cmd: list[str | Path]) -> None:
 
 
 def ensure_venv() -> Path:
-    """Create .venv and install ecoserve with the engine and test extras."""
+    """Create .venv and install ecoserve with the engine and test extras (and
+    Ray, so the Ray launcher's tests run on a fresh machine too)."""
     extra = "cuda" if _has_cuda() else "cpu"
     py = _venv_python()
     if not py.exists():
@@ -59,7 +60,7 @@ def ensure_venv() -> Path:
     # otherwise resolve to the registry's newest CUDA build (several GB).
     if extra == "cpu":
         _run([py, "-m", "pip", "install", "-q", "torch==2.13.0"])
-    _run([py, "-m", "pip", "install", "-q", "-e", f"{ROOT}[{extra},sim,test]"])
+    _run([py, "-m", "pip", "install", "-q", "-e", f"{ROOT}[{extra},sim,test,ray]"])
     if extra == "cpu":
         _run([py, "-m", "pip", "uninstall", "-q", "-y", *BROKEN_EXTRAS])
     STAMP.write_text(_wanted_stamp(extra))
