@@ -8,7 +8,8 @@ ZeroMQ channel and the HTTP routes (``GET /ecoserve/status``).
 
 Wire summary
 - Commands (coordinator -> engine): ``SetPhase`` or ``GetStatus``, tagged by a
-  ``"type"`` field, e.g. ``{"type": "set_phase", "phase": "decode"}``.
+  ``"type"`` field, e.g. ``{"type": "set_phase", "phase": "decode"}`` (optionally
+  with ``"lease_s": 30``).
 - Replies (engine -> coordinator): an ``EngineStatus`` (the fresh status, taken
   after the command was applied) or an ``ErrorReply``.
 - Pushes (engine -> subscribers, ZeroMQ PUB): one ``EngineStatus`` after every
@@ -19,7 +20,7 @@ Base dependencies only (msgspec): the policy core and the simulator import this.
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
 import msgspec
 
@@ -36,10 +37,16 @@ Activity = Literal["idle", "prefill", "decode", "mixed"]
 StepKind = Literal["prefill", "decode", "mixed", "empty"]
 
 
-class SetPhase(msgspec.Struct, tag="set_phase", tag_field="type", forbid_unknown_fields=True):
-    """Switch the engine's phase; takes effect before its next step."""
+class SetPhase(msgspec.Struct, tag="set_phase", tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
+    """Switch the engine's phase; takes effect before its next step.
+
+    ``lease_s``: unless another phase command arrives within that many
+    seconds, the engine falls back to its startup phase (so an engine whose
+    coordinator died is not left frozen in ``decode``). None: no lease.
+    Omitted from the wire when None, so such commands read as before."""
 
     phase: Phase
+    lease_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] | None = None
 
 
 class GetStatus(msgspec.Struct, tag="get_status", tag_field="type", forbid_unknown_fields=True):

@@ -13,6 +13,11 @@ thread-safe; the main thread holds the GIL for most of a step):
   queue, re-checks for work; it needs the GIL only when the engine is idle.
   The proxy copies to the capture socket before forwarding, so a woken engine
   may look a few microseconds early: message counts tell it to wait for it.
+
+Security: loopback by default; beyond it (``ECOSERVE_ZMQ_HOST``) only with
+``ECOSERVE_ZMQ_SECRET``, which turns on CURVE for both sockets and a ZAP
+handler thread admitting only holders of the secret (``ecoserve.curve_auth``).
+Commands over 64 KiB drop their connection (``MAXMSGSIZE``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import threading
 from collections.abc import Callable
 
 import zmq
+
+from ecoserve.curve_auth import HOST_ENV, make_server, secret_from_env, server_keys, start_authenticator
 
 logger = logging.getLogger("vllm.ecoserve")  # under vLLM's handlers and format
 
@@ -44,19 +51,25 @@ def _env_int(name: str) -> int:
 
 class ZmqChannel:
     def __init__(self, wake: Callable[[], None]) -> None:
-        host = os.environ.get("ECOSERVE_ZMQ_HOST", "127.0.0.1")
+        host = os.environ.get(HOST_ENV, "127.0.0.1")
+        # Beyond loopback only with a shared secret (CURVE); refuses to start otherwise.
+        keys = server_keys(host, secret_from_env())
         advertised = os.environ.get("ECOSERVE_ZMQ_ADVERTISE_HOST") or (
             socket.gethostname() if host in _WILDCARD_HOSTS else host
         )
         self._ctx = ctx = zmq.Context()
+        self._auth = start_authenticator(ctx, keys) if keys is not None else None
+        self.secured = keys is not None
         tag = f"ecoserve-{os.getpid()}-{id(self)}"
 
         self._pub = ctx.socket(zmq.PUB)
         self._pub.setsockopt(zmq.SNDHWM, 10_000)
-        self.status_address = f"tcp://{advertised}:{_bind(self._pub, host, _env_int('ECOSERVE_ZMQ_STATUS_PORT'))}"
-
         frontend = ctx.socket(zmq.ROUTER)
-        frontend.setsockopt(zmq.MAXMSGSIZE, MAX_COMMAND_BYTES)
+        frontend.setsockopt(zmq.MAXMSGSIZE, MAX_COMMAND_BYTES)  # a larger message drops its connection
+        if keys is not None:
+            make_server(self._pub, keys)
+            make_server(frontend, keys)
+        self.status_address = f"tcp://{advertised}:{_bind(self._pub, host, _env_int('ECOSERVE_ZMQ_STATUS_PORT'))}"
         self.command_address = f"tcp://{advertised}:{_bind(frontend, host, _env_int('ECOSERVE_ZMQ_COMMAND_PORT'))}"
         backend = ctx.socket(zmq.DEALER)
         backend.bind(f"inproc://{tag}-backend")
@@ -126,7 +139,12 @@ class ZmqChannel:
         self._worker.close()
         # term() waits for the proxy and waker threads to close their sockets
         # (they do on ETERM); do not hold up the engine's shutdown for it.
-        threading.Thread(target=self._ctx.term, name="ecoserve-zmq-term", daemon=True).start()
+        threading.Thread(target=self._term, name="ecoserve-zmq-term", daemon=True).start()
+
+    def _term(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+        self._ctx.term()
 
 
 def _run_proxy(frontend: zmq.Socket, backend: zmq.Socket, capture: zmq.Socket) -> None:

@@ -7,7 +7,9 @@ Two ways in, one handler (``Controller.handle``: bytes in, bytes out):
 - ZeroMQ: ``drain`` reads the command socket before every step and whenever
   the idle engine loop is woken for it (see channel.py).
 Replies are the fresh status, taken after the command was applied, or an
-ErrorReply; a malformed command never raises into the engine loop.
+ErrorReply; a malformed command never raises into the engine loop. A phase
+command may carry a lease (lease.py): unrenewed, the phase lapses back to
+the startup one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import msgspec
 
 from ecoserve.protocol import EngineAddresses, EngineStatus, ErrorReply, SetPhase, decode_command, encode
 from vllm_plugin.channel import ZmqChannel
+from vllm_plugin.lease import PhaseLease
 
 logger = logging.getLogger("vllm.ecoserve")  # under vLLM's handlers and format
 
@@ -29,6 +32,8 @@ class Controller:
         self._scheduler = scheduler
         self._wake = _waker(engine_core)
         self.channel = ZmqChannel(wake=self._wake)
+        self.lease = PhaseLease(self._wake)
+        self._startup_phase = scheduler.eco_phase  # where a lapsed lease falls back to
         self.addresses = EngineAddresses(status=self.channel.status_address, command=self.channel.command_address)
         logger.info(
             "EcoServe scheduler ready: phase=%s status=%s command=%s",
@@ -47,20 +52,27 @@ class Controller:
         try:
             if isinstance(command, SetPhase):
                 self._scheduler.eco_set_phase(command.phase)
+                self.lease.grant(command.lease_s)
             return encode(self._scheduler.eco_status(recent=True))
         except Exception as e:  # keep serving whatever happens
             logger.exception("EcoServe command failed")
             return encode(ErrorReply(error=f"command failed: {e!r}"))
 
     def drain(self) -> None:
-        """Apply the ZeroMQ commands that arrived; called before every step."""
+        """Apply the ZeroMQ commands that arrived, and a lapsed phase lease;
+        called before every step and whenever the idle engine loop wakes."""
         for envelope, raw in self.channel.receive():
             self.channel.reply(envelope, self.handle(raw))
+        if self.lease.expired():
+            logger.warning("EcoServe: phase lease ran out without renewal (coordinator gone?): phase %s -> %s",
+                           self._scheduler.eco_phase, self._startup_phase)  # fmt: skip
+            self._scheduler.eco_set_phase(self._startup_phase)
 
     def publish(self, status: EngineStatus) -> None:
         self.channel.publish(encode(status))
 
     def close(self) -> None:
+        self.lease.close()
         self.channel.close()
 
 

@@ -2,11 +2,13 @@
 
 - ``GET  /ecoserve/status``  -> the engine's fresh status (EngineStatus JSON),
   including the ZeroMQ addresses to subscribe to / send commands to.
-- ``POST /ecoserve/phase``   body ``{"phase": "prefill"}`` -> fresh status.
+- ``POST /ecoserve/phase``   body ``{"phase": "prefill"}`` (optionally with
+  ``"lease_s": SECONDS``, see ``SetPhase``) -> fresh status.
 - ``POST /ecoserve/command`` body: any protocol Command -> reply.
 Each is one EngineCore utility call: it runs on the engine thread between
 steps and wakes an idle engine. Errors come back as ErrorReply JSON (400 for a
-bad command, 401 without the API key, 503 when the engine cannot answer).
+bad command, 401 without the API key, 413 for a body over 64 KiB (not read
+further), 503 when the engine cannot answer).
 
 vLLM's ``--api-key`` middleware guards only /v1-style paths; these routes can
 pause an engine, so they check the same keys themselves.
@@ -17,12 +19,14 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from typing import Annotated
 
 import msgspec
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import Response
 
 from ecoserve.protocol import ErrorReply, GetStatus, Phase, SetPhase, decode_reply, encode
+from vllm_plugin.channel import MAX_COMMAND_BYTES
 from vllm_plugin.control import UTILITY_METHOD
 
 _STATE_KEY = "ecoserve_engine_client"
@@ -31,6 +35,7 @@ _KEYS_KEY = "ecoserve_api_key_hashes"
 
 class _PhaseBody(msgspec.Struct, forbid_unknown_fields=True):
     phase: Phase
+    lease_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] | None = None  # see SetPhase
 
 
 _phase_body = msgspec.json.Decoder(_PhaseBody)
@@ -84,19 +89,43 @@ async def get_status(request: Request) -> Response:
     return await _engine_call(request, encode(GetStatus()))
 
 
+async def _read_body(request: Request) -> bytes | None:
+    """The body, or None if it is larger than a command can be (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_COMMAND_BYTES:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_COMMAND_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large() -> Response:
+    return _json(encode(ErrorReply(error=f"rejected command: larger than {MAX_COMMAND_BYTES} bytes")), 413)
+
+
 @router.post("/phase")
 async def set_phase(request: Request) -> Response:
+    raw = await _read_body(request)
+    if raw is None:
+        return _too_large()
     try:
-        body = _phase_body.decode(await request.body())
+        body = _phase_body.decode(raw)
     except msgspec.DecodeError as e:
         return _json(encode(ErrorReply(error=f"rejected command: {e}")), 400)
-    return await _engine_call(request, encode(SetPhase(phase=body.phase)))
+    return await _engine_call(request, encode(SetPhase(phase=body.phase, lease_s=body.lease_s)))
 
 
 @router.post("/command")
 async def command(request: Request) -> Response:
+    raw = await _read_body(request)
+    if raw is None:
+        return _too_large()
     # Passed through as bytes: the engine decodes and validates it strictly.
-    return await _engine_call(request, await request.body())
+    return await _engine_call(request, raw)
 
 
 class EcoServeEndpoints:

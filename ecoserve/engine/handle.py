@@ -142,8 +142,11 @@ class EngineHandle:
     async def status(self) -> EngineStatus:
         return self._status(await self._ecoserve("GET", "/ecoserve/status"))
 
-    async def set_phase(self, phase: str) -> EngineStatus:
-        return self._status(await self._ecoserve("POST", "/ecoserve/phase", {"phase": phase}))
+    async def set_phase(self, phase: str, lease_s: float | None = None) -> EngineStatus:
+        """``lease_s``: the engine falls back to its startup phase unless the
+        next phase command (a renewal) comes within that many seconds."""
+        body: dict[str, Any] = {"phase": phase} if lease_s is None else {"phase": phase, "lease_s": lease_s}
+        return self._status(await self._ecoserve("POST", "/ecoserve/phase", body))
 
     async def _ecoserve(self, method: str, path: str, body: Any = None) -> bytes:
         try:
