@@ -47,8 +47,8 @@ import msgspec
 from ecoserve.engine.aggregate import ResponseBuilder
 from ecoserve.engine.chunks import StreamTally
 from ecoserve.engine.handle import EngineHandle, EngineUnreachable, UpstreamHTTPError, UpstreamStream
-from ecoserve.engine.launcher import LocalEngine, build_engines, stop_engines, wait_healthy
-from ecoserve.engine.resources import plan_engines
+from ecoserve.engine.launcher import LocalLauncher
+from ecoserve.engine.launcher_api import EngineLauncher, LaunchedEngine
 from ecoserve.engine.sse import SSESplitter
 from ecoserve.engine.status_stream import StatusSubscriber
 from ecoserve.engine.tokens import EngineTokenizer, LocalTokenizer, prompts_of
@@ -58,12 +58,19 @@ from ecoserve.policy import (
     Action,
     Drained,
     InstanceState,
+    Merge,
+    MitosisConfig,
+    MitosisPlanner,
+    OverallScheduler,
     PrefillTimePredictor,
     Queued,
     Rejected,
     RequestState,
     Routed,
+    ScaleIn,
+    ScaleOut,
     SetPhase,
+    Split,
     make_router,
 )
 from ecoserve.protocol import EngineStatus
@@ -77,6 +84,14 @@ log = logging.getLogger("ecoserve.coordinator")
 DEFAULT_PREFILL_COEFFS = (0.01, 1e-3, 0.0)
 TICK_S = 0.01  # re-offer pending requests this often while any wait
 HEALTH_S = 1.0  # how often engine liveness is checked
+# An engine whose /health does not answer within HEALTH_TIMEOUT_S this many
+# times in a row is hung: failed, killed and (when we launched it) replaced.
+# Generous, so that a CPU engine busy with a long prefill is not mistaken for one.
+HEALTH_TIMEOUT_S = 5.0
+HEALTH_MISSES = 3
+AUTOSCALE_S = 1.0  # how often the mitosis planner is asked
+LEASE_S, LEASE_RENEW_S = 30.0, 5.0  # phase leases of attached engines (see _phase_loop)
+REPLACE_TRIES = 3
 COMPLETIONS, CHAT = "completions", "chat"
 _PATHS = {COMPLETIONS: "/v1/completions", CHAT: "/v1/chat/completions"}
 _enc = msgspec.json.Encoder()
@@ -122,13 +137,14 @@ class EngineRecord:
     model: str
     max_model_len: int
     kv_capacity_tokens: int
-    local: LocalEngine | None = None
+    launched: LaunchedEngine | None = None  # None: attached, not ours to stop
     initial_phase: str = "temporal"  # as found when attached
     desired_phase: str | None = None
     acked_phase: str | None = None
     observed: EngineStatus | None = None
     routed_total: int = 0
     failed: str | None = None  # why, once failed
+    draining: bool = False
     last_step: int = 0
     health_misses: int = 0
     phase_dirty: asyncio.Event = field(default_factory=asyncio.Event)
@@ -288,13 +304,28 @@ class Coordinator:
         max_pending: int = 10_000,
         cpu_kv_cache_gib: int | None = None,
         observer: Observer | None = None,
+        launcher: EngineLauncher | None = None,
+        max_engines: int | None = None,
+        autoscale: MitosisConfig | None = None,
+        replace_failed: bool = True,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
         if (model is None) == (not engine_urls):
             raise ValueError("give either a model to launch engines for, or engine_urls to attach to (not both)")
+        if launcher is not None and model is None:
+            raise ValueError("a launcher needs the model it launches engines for")
+        if autoscale is not None and policy != "ecoserve":
+            raise ValueError("autoscaling (mitosis) needs the ecoserve policy: the baselines have no macro instances")
         self.model_path = str(model) if model is not None else None
         self.n_engines = engines
+        # The most engines that may run at once (a local launcher plans its
+        # cores or GPUs for this many).
+        self.max_engines = max(engines, max_engines or 0, autoscale.max_instances if autoscale else 0)
+        self.launcher = launcher
+        self.autoscale = autoscale
+        self.planner = MitosisPlanner(SLO(ttft=slo_ttft, tpot=slo_tpot), autoscale) if autoscale else None
+        self.replace_failed = replace_failed
         self.engine_urls = list(engine_urls)
         self.policy = policy
         self.slo = SLO(ttft=slo_ttft, tpot=slo_tpot)
@@ -310,7 +341,12 @@ class Coordinator:
         self.predictor = PrefillTimePredictor(coeffs=prefill_coeffs)
         self.router = make_router(policy, self.slo, self.predictor)
         self.engines: dict[str, EngineRecord] = {}
-        self.local_engines: list[LocalEngine] = []
+        self.events: list[dict[str, Any]] = []  # scaling and failure history, for status
+        self._launching = 0
+        self.requeued_total = 0  # requests moved off a failed engine before their first token
+        self.replaced_total = 0
+        self._drains: dict[str, asyncio.Future[None]] = {}
+        self._side_tasks: set[asyncio.Task] = set()  # launches, drains, replacements
         self.served_model = ""
         self.max_model_len = 0
         self._flights: dict[str, Generation] = {}
@@ -320,6 +356,7 @@ class Coordinator:
         self._ids = 0
         self._started = False
         self._stopping = False
+        self._accepting = True
 
     # ---- lifecycle -----------------------------------------------------------------
     async def __aenter__(self) -> Coordinator:
@@ -332,17 +369,19 @@ class Coordinator:
     async def start(self) -> None:
         tok_load: asyncio.Task | None = None
         try:
-            urls = self.engine_urls
+            launched: list[LaunchedEngine] = []
             if self.model_path is not None:
-                urls = await self._launch()  # tokenizer loads while engines start
+                launched = self._launch(self.n_engines)  # the tokenizer loads while engines start
             if self.tokenizer_path and Path(self.tokenizer_path).is_dir():
                 self._tokenizer = LocalTokenizer(self.tokenizer_path)
                 tok_load = asyncio.create_task(asyncio.to_thread(self._tokenizer.load))
-            if self.local_engines:
-                await wait_healthy(self.local_engines, self.startup_timeout)
-            for i, url in enumerate(urls):
-                local = self.local_engines[i] if self.local_engines else None
-                await self._attach(local.id if local else f"engine-{i}", url, local)
+            if launched:
+                assert self.launcher is not None
+                await self.launcher.wait_healthy(launched, self.startup_timeout)
+                for e in launched:
+                    await self._attach(e.id, e.url, e)
+            for i, url in enumerate(self.engine_urls):
+                await self._attach(f"engine-{i}", url, None)
             if tok_load is not None:
                 try:
                     await tok_load
@@ -355,6 +394,8 @@ class Coordinator:
                 self._tokenizer = EngineTokenizer(first.handle, self.served_model)
             self._tasks.append(asyncio.create_task(self._ticker(), name="ecoserve-tick"))
             self._tasks.append(asyncio.create_task(self._health_monitor(), name="ecoserve-health"))
+            if self.planner is not None:
+                self._tasks.append(asyncio.create_task(self._autoscaler(), name="ecoserve-autoscale"))
             self._started = True
         except BaseException:
             if tok_load is not None:
@@ -362,26 +403,30 @@ class Coordinator:
             await self.stop()
             raise
 
-    async def _launch(self) -> list[str]:
-        slots = plan_engines(self.n_engines, self.engine_args, self.device)
-        extra_env: dict[str, str] = {}
-        if (
-            slots[0].device == "cpu"
-            and "VLLM_CPU_KVCACHE_SPACE" not in os.environ
-            and not any(a.startswith("--kv-cache-memory") for a in self.engine_args)
-        ):
-            # vLLM's CPU default reserves 90% of memory per engine: N engines cannot all start.
-            extra_env["VLLM_CPU_KVCACHE_SPACE"] = str(self.cpu_kv_cache_gib or _default_kv_gib(self.n_engines))
+    def _launch(self, count: int) -> list[LaunchedEngine]:
+        """Start ``count`` engines (not yet healthy), building the local launcher on first use."""
+        if self.launcher is None:
+            assert self.model_path is not None
+            extra_env: dict[str, str] = {}
+            if (
+                self.device in ("auto", "cpu")
+                and "VLLM_CPU_KVCACHE_SPACE" not in os.environ
+                and not any(a.startswith("--kv-cache-memory") for a in self.engine_args)
+            ):
+                # vLLM's CPU default reserves 90% of memory per engine: N engines
+                # cannot all start. (Ignored by GPU engines.)
+                extra_env["VLLM_CPU_KVCACHE_SPACE"] = str(self.cpu_kv_cache_gib or _default_kv_gib(self.max_engines))
+            self.launcher = LocalLauncher(
+                self.model_path, self.engine_args, slots=self.max_engines, device=self.device,
+                log_dir=self.log_dir, extra_env=extra_env,
+            )  # fmt: skip
         initial = "decode" if self.policy == "ecoserve" else "mixed"
-        self.local_engines = build_engines(
-            self.model_path or "", slots, self.engine_args, self.log_dir, initial_phase=initial, extra_env=extra_env
-        )
-        for e in self.local_engines:  # on this (the loop's) thread: see launcher.py
-            e.start()
-            log.info("started %s on %s (%s), log %s", e.id, e.url, e.slot.description if e.slot else "", e.log_path)
-        return [e.url for e in self.local_engines]
+        engines = self.launcher.launch(count, initial_phase=initial)
+        for e in engines:
+            log.info("starting %s (%s launcher), log %s", e.id, self.launcher.name, e.log_path)
+        return engines
 
-    async def _attach(self, eid: str, url: str, local: LocalEngine | None) -> None:
+    async def _attach(self, eid: str, url: str, launched: LaunchedEngine | None, macro: int | None = None) -> None:
         handle = EngineHandle(url, api_key=self.engine_api_key)
         await handle.open()
         try:
@@ -400,11 +445,15 @@ class Coordinator:
             raise RuntimeError(
                 f"engine {url} serves {model!r}, the others {self.served_model!r}: one model per coordinator"
             )
+        if any(r.url == url and not r.failed for r in self.engines.values()):
+            await handle.close()
+            raise ValueError(f"engine {url} is already attached")
         self.served_model = model
         mml = int(cards[0].get("max_model_len") or 0)
         self.max_model_len = min(self.max_model_len, mml) if self.max_model_len else mml
         kv = max(1, status.kv_blocks_total * status.block_size)
-        rec = EngineRecord(eid, url, handle, model, mml, kv, local=local, initial_phase=status.phase, observed=status)
+        rec = EngineRecord(eid, url, handle, model, mml, kv, launched=launched, initial_phase=status.phase,
+                           observed=status)  # fmt: skip
         self.engines[eid] = rec
         baseline = self.policy != "ecoserve"
         inst = InstanceState(eid, kv_capacity_tokens=kv, url=url, max_requests=status.max_num_seqs or None)
@@ -416,11 +465,184 @@ class Coordinator:
         if status.addresses is not None and status.addresses.status:
             sub = StatusSubscriber(status.addresses.status, lambda st, rec=rec: self._on_status(rec, st))
             rec.tasks.append(asyncio.create_task(sub.run(), name=f"ecoserve-status-{eid}"))
-        self._apply(self.router.add_instance(inst, time.monotonic()))
+        now = time.monotonic()
+        if macro is not None and isinstance(self.router, OverallScheduler):
+            self._apply(self.router.add_instance(inst, now, macro=min(macro, len(self.router.macros))))
+        else:
+            self._apply(self.router.add_instance(inst, now))
         log.info("engine %s at %s: model %s, KV %d tokens, phase %s", eid, url, model, kv, rec.desired_phase)
 
+    async def _detach(self, rec: EngineRecord) -> None:
+        """Stop watching an engine that left the routing (drained or failed);
+        stop it if we launched it."""
+        for t in rec.tasks:
+            t.cancel()
+        for t in rec.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        rec.tasks.clear()
+        if rec.launched is None and not rec.failed and rec.acked_phase not in (None, rec.initial_phase):
+            # An attached engine outlives us: give it back the phase it had,
+            # not frozen in the last one we commanded.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(rec.handle.set_phase(rec.initial_phase), 2.0)
+        await rec.handle.close()
+        if rec.launched is not None and self.launcher is not None:
+            await self.launcher.stop([rec.launched])
+
+    # ---- scaling: one engine at a time ----------------------------------------------
+    async def add_engine(self, macro: int | None = None) -> str:
+        """Launch one more engine, wait until it serves, and add it to the
+        routing (to macro instance ``macro``: an index in ``layout()``, or
+        ``len(layout())`` for a new one; default: where the policy adds).
+        Returns its id. Raises ValueError when nothing can be launched here."""
+        if self.model_path is None:
+            raise ValueError("this coordinator attaches to engines (--engine-url); it launches none: "
+                             "attach one with attach_engine(url)")  # fmt: skip
+        if self._stopping:
+            raise ValueError("the coordinator is stopping")
+        self._launching += 1
+        try:
+            try:
+                [engine] = self._launch(1)
+            except ValueError as e:  # PlacementError: no free slot
+                raise ValueError(str(e)) from None
+            try:
+                assert self.launcher is not None
+                await self.launcher.wait_healthy([engine], self.startup_timeout)
+                await self._attach(engine.id, engine.url, engine, macro=macro)
+            except BaseException:
+                assert self.launcher is not None
+                await asyncio.shield(self.launcher.stop([engine]))
+                raise
+        finally:
+            self._launching -= 1
+        self._event("added", engine.id)
+        return engine.id
+
+    async def attach_engine(self, url: str, macro: int | None = None) -> str:
+        """Add an already running engine (with the plugin) to the routing."""
+        eid = f"attached-{len(self.engines)}"
+        while eid in self.engines:
+            eid += "x"
+        await self._attach(eid, url.rstrip("/"), None, macro=macro)
+        self._event("attached", eid)
+        return eid
+
+    async def remove_engine(self, eid: str) -> None:
+        """Drain an engine: route nothing new to it, let what it holds finish,
+        then stop it (ours) or let it go (attached). Never a kill."""
+        rec = self.engines.get(eid)
+        if rec is None:
+            raise KeyError(eid)
+        if rec.failed:  # already out of the routing
+            self.engines.pop(eid, None)
+            return
+        if eid not in self._drains:
+            serving = [r for r in self.engines.values() if not r.failed and not r.draining]
+            if serving == [rec]:
+                raise ValueError(f"{eid} is the last engine serving: add another before removing it")
+            rec.draining = True
+            self._drains[eid] = asyncio.get_running_loop().create_future()
+            self._event("draining", eid)
+            self._apply(self.router.remove_instance(eid, time.monotonic()))
+        await asyncio.shield(self._drains[eid])
+
+    async def _finish_drain(self, eid: str) -> None:
+        rec = self.engines.get(eid)
+        fut = self._drains.get(eid)
+        try:
+            if rec is not None:
+                await self._detach(rec)
+                self.engines.pop(eid, None)
+                self._event("removed", eid)
+        finally:
+            self._drains.pop(eid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    def layout(self) -> list[dict[str, Any]]:
+        """Macro instances in routing order, with their engines."""
+        if isinstance(self.router, OverallScheduler):
+            return [{"name": m.name, "instances": [i.id for i in m.instances()]} for m in self.router.macros]
+        return [{"name": "m0", "instances": [i.id for i in self.router.instances()]}]
+
+    def split_macro(self, index: int) -> None:
+        """Split macro instance ``index`` in two halves (moves handles only)."""
+        sched = self._macro_router()
+        if not 0 <= index < len(sched.macros):
+            raise IndexError(f"no macro instance {index}; there are {len(sched.macros)}")
+        self._apply(sched.split(index, time.monotonic()))
+        self._event("split", sched.macros[index].name)
+
+    def merge_macros(self, into: int, other: int) -> None:
+        """Move every engine and pending request of macro ``other`` into ``into``."""
+        sched = self._macro_router()
+        for i in (into, other):
+            if not 0 <= i < len(sched.macros):
+                raise IndexError(f"no macro instance {i}; there are {len(sched.macros)}")
+        name = sched.macros[other].name
+        self._apply(sched.merge(into, other, time.monotonic()))
+        self._event("merged", name)
+
+    def _macro_router(self) -> OverallScheduler:
+        if not isinstance(self.router, OverallScheduler):
+            raise ValueError(f"the {self.policy} policy has no macro instances")
+        return self.router
+
+    async def _autoscaler(self) -> None:
+        """Carry out the mitosis planner's decisions, one at a time."""
+        assert self.planner is not None
+        sched = self._macro_router()
+        while True:
+            await asyncio.sleep(AUTOSCALE_S)
+            for action in self.planner.plan(sched, time.monotonic(), launching=self._launching):
+                if isinstance(action, (Split, Merge)):
+                    before = [m.name for m in sched.macros]
+                    self._apply(self.planner.apply_structural(sched, action, time.monotonic()))
+                    what = "split" if isinstance(action, Split) else "merged"
+                    self._event(what, before[action.macro if isinstance(action, Split) else action.other])
+                elif isinstance(action, ScaleOut):
+                    self._spawn(self._scale_out(action.macro), "scale-out")
+                elif isinstance(action, ScaleIn):
+                    self._spawn(self.remove_engine(action.instance_id), "scale-in")
+
+    async def _scale_out(self, macro: int) -> None:
+        try:
+            await self.add_engine(macro)
+        except Exception as e:
+            log.error("scale-out failed: %s", e)
+            self._event("launch-failed", None, str(e))
+
+    def _spawn(self, coro: Any, what: str) -> None:
+        """Run a launch, drain or replacement beside the loop; its failure is logged, never lost."""
+        task = asyncio.create_task(coro, name=f"ecoserve-{what}")
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_done)
+
+    def _side_done(self, task: asyncio.Task) -> None:
+        self._side_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed: %s", task.get_name(), task.exception())
+            self._event("error", None, f"{task.get_name()}: {task.exception()}")
+
+    def _event(self, kind: str, instance: str | None, detail: str | None = None) -> None:
+        self.events.append({"time": time.time(), "event": kind, "instance": instance, "detail": detail})
+        del self.events[:-200]
+        log.info("%s %s%s", kind, instance or "", f": {detail}" if detail else "")
+
+    async def drain_requests(self, grace: float) -> int:
+        """The first half of a graceful shutdown: refuse new requests (503)
+        from now on and wait up to ``grace`` seconds for those in flight,
+        pending ones included, to finish. Returns how many are still in flight."""
+        self._accepting = False
+        deadline = time.monotonic() + grace
+        while self._flights and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return len(self._flights)
+
     async def stop(self) -> None:
-        """Abort what is in flight, stop tasks, close handles, stop local engines."""
+        """Abort what is in flight, stop tasks, close handles, stop our engines."""
         self._stopping, self._started = True, False  # refuse new requests from here on
         for g in list(self._flights.values()):
             if g.error is None and not g.placed.is_set():
@@ -428,25 +650,25 @@ class Coordinator:
                 g.placed.set()
             if g.upstream is not None:
                 g.upstream.abort()
-        tasks = self._tasks + [t for rec in self.engines.values() for t in rec.tasks]
+        tasks = self._tasks + list(self._side_tasks) + [t for rec in self.engines.values() for t in rec.tasks]
         for t in tasks:
             t.cancel()
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
-        for rec in self.engines.values():
+        for rec in list(self.engines.values()):
             rec.tasks.clear()
-            if rec.local is None and not rec.failed and rec.acked_phase not in (None, rec.initial_phase):
-                # An attached engine outlives us: give it back the phase it had,
-                # not frozen in the last one we commanded.
+            if rec.launched is None and not rec.failed and rec.acked_phase not in (None, rec.initial_phase):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(rec.handle.set_phase(rec.initial_phase), 2.0)
             await rec.handle.close()
-        if self.local_engines:
-            engines, self.local_engines = self.local_engines, []
+        if self.launcher is not None:
             # Shielded: a second Ctrl-C must not leave engines behind.
-            await asyncio.shield(asyncio.to_thread(stop_engines, engines))
+            await asyncio.shield(self.launcher.close())
+        for fut in self._drains.values():
+            if not fut.done():
+                fut.set_result(None)
         self._stopping = False
 
     # ---- requests ------------------------------------------------------------------
@@ -474,6 +696,8 @@ class Coordinator:
         """Validate, count prompt tokens, build the upstream body and the policy's request."""
         if not self._started:
             raise RequestError(503, "the coordinator is not running", "ServiceUnavailableError")
+        if not self._accepting:
+            raise RequestError(503, "the server is shutting down", "ServiceUnavailableError")
         if kind not in _PATHS:
             raise ValueError(f"kind must be {COMPLETIONS!r} or {CHAT!r}")
         body = dict(body)
@@ -492,13 +716,17 @@ class Coordinator:
         n = body.get("n") or 1
         if not isinstance(n, int) or n < 1:
             raise RequestError(400, "`n` must be a positive integer", param="n")
-        if not any(not r.failed for r in self.engines.values()):
+        if self._launching == 0 and not any(not r.failed for r in self.engines.values()):
             raise RequestError(503, "no engine is available", "ServiceUnavailableError")
         if len(self._waiting) >= self.max_pending:
             raise RequestError(429, f"too many requests waiting ({self.max_pending}); retry later", "RateLimitError")
 
         assert self._tokenizer is not None
         counts = await self._tokenizer.count(kind, body)
+        # Again after the await: requests arriving together all passed the
+        # first check while they were being counted.
+        if len(self._waiting) >= self.max_pending:
+            raise RequestError(429, f"too many requests waiting ({self.max_pending}); retry later", "RateLimitError")
         prompt_tokens, longest = sum(counts), max(counts, default=0)
         max_tokens = body.get("max_completion_tokens") if kind == CHAT else None
         if max_tokens is None:
@@ -507,6 +735,13 @@ class Coordinator:
             max_tokens = 16 if kind == COMPLETIONS else max(1, self.max_model_len - longest)  # vLLM's defaults
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise RequestError(400, "`max_tokens` must be a positive integer", param="max_tokens")
+        if self.max_model_len and longest >= self.max_model_len:
+            raise RequestError(
+                400,
+                f"This model's maximum context length is {self.max_model_len} tokens. However, your prompt has "
+                f"{longest} tokens, which leaves no room for a completion. Please shorten the prompt.",
+                param="prompt" if kind == COMPLETIONS else "messages",
+            )
         if self.max_model_len and longest + max_tokens > self.max_model_len:
             raise RequestError(
                 400,
@@ -533,6 +768,8 @@ class Coordinator:
         now = time.monotonic()
         if gen.first_token_at is None:
             gen.first_token_at = now
+            if self.planner is not None:
+                self.planner.observe_ttft(now - gen.arrival, now)
         gen.tokens += count
         self._apply(self.router.on_tokens(gen.id, count, now))
 
@@ -573,17 +810,32 @@ class Coordinator:
                     gen.placed.set()
             elif isinstance(a, Drained):
                 log.info("engine %s drained", a.instance_id)
+                if a.instance_id in self._drains:
+                    self._spawn(self._finish_drain(a.instance_id), f"drained-{a.instance_id}")
 
     async def _phase_loop(self, rec: EngineRecord) -> None:
-        """Send the engine the phase the policy wants, one command at a time."""
+        """Send the engine the phase the policy wants, one command at a time.
+
+        An attached engine outlives us, so its phases are leased: renewed
+        every LEASE_RENEW_S, they lapse back to the engine's own startup phase
+        LEASE_S after we are gone (crash, network split) instead of leaving it
+        frozen in ``decode``. Engines we launched die with us: no lease."""
+        leased = rec.launched is None
         while True:
-            await rec.phase_dirty.wait()
+            renew = False
+            if leased:
+                try:
+                    await asyncio.wait_for(rec.phase_dirty.wait(), LEASE_RENEW_S)
+                except asyncio.TimeoutError:
+                    renew = True
+            else:
+                await rec.phase_dirty.wait()
             rec.phase_dirty.clear()
             want = rec.desired_phase
-            if want is None or want == rec.acked_phase:
+            if want is None or (want == rec.acked_phase and not renew):
                 continue
             try:
-                status = await rec.handle.set_phase(want)
+                status = await rec.handle.set_phase(want, lease_s=LEASE_S if leased else None)
                 rec.acked_phase = status.phase
                 self._observe_status(rec, status)
             except (EngineUnreachable, UpstreamHTTPError) as e:
@@ -616,32 +868,41 @@ class Coordinator:
     async def _health_monitor(self) -> None:
         while True:
             await asyncio.sleep(HEALTH_S)
-            for rec in list(self.engines.values()):
-                if rec.failed:
-                    continue
-                if rec.local is not None:
-                    code = rec.local.exit_code()
-                    if code is not None:
-                        self._fail_engine(rec, f"process exited with code {code}; log {rec.local.log_path}")
-                    continue
-                if await rec.handle.health(timeout=2.0):
-                    rec.health_misses = 0
-                else:
-                    rec.health_misses += 1
-                    if rec.health_misses >= 3:
-                        self._fail_engine(rec, "GET /health failed 3 times")
+            live = [r for r in self.engines.values() if not r.failed]
+            await asyncio.gather(*(self._check_health(r) for r in live))
+
+    async def _check_health(self, rec: EngineRecord) -> None:
+        """Dead (process exited) or hung (``/health`` silent HEALTH_MISSES times in a row)."""
+        code = rec.launched.exit_code() if rec.launched is not None else None
+        if code is not None:
+            self._fail_engine(rec, f"process exited with code {code}; log {rec.launched.log_path}")  # type: ignore[union-attr]
+            return
+        if await rec.handle.health(timeout=HEALTH_TIMEOUT_S):
+            rec.health_misses = 0
+            return
+        rec.health_misses += 1
+        if rec.health_misses >= HEALTH_MISSES and not rec.failed:
+            self._fail_engine(rec, f"GET /health failed {HEALTH_MISSES} times in a row (dead or hung)")
 
     async def _engine_broke(self, rec: EngineRecord, why: str) -> None:
         """A stream to ``rec`` broke: fail it if it is really gone."""
         if rec.failed or self._stopping:
             return
-        alive = (rec.local is None or rec.local.exit_code() is None) and await rec.handle.health(timeout=2.0)
+        exited = rec.launched is not None and rec.launched.exit_code() is not None
+        alive = not exited and await rec.handle.health(timeout=2.0)
         if not alive and not rec.failed:
             self._fail_engine(rec, why)
 
     def _fail_engine(self, rec: EngineRecord, why: str) -> None:
+        """Take a dead or hung engine out of rotation: requests it had not
+        started go back to the queue (they keep their place), started streams
+        end with an error; an engine we launched is killed and replaced."""
+        if rec.failed:
+            return
         rec.failed = why
         log.error("engine %s (%s) failed: %s", rec.id, rec.url, why)
+        self._event("failed", rec.id, why)
+        requeued = 0
         for gen in list(self._flights.values()):
             if gen.instance_id != rec.id:
                 continue
@@ -649,20 +910,66 @@ class Coordinator:
                 gen.instance_id = None
                 gen.placed.clear()
                 self._waiting.add(gen.id)
+                requeued += 1
             else:
                 gen.broken = why
             if gen.upstream is not None:
                 gen.upstream.abort()
+        self.requeued_total += requeued
         for t in rec.tasks:
             t.cancel()
+        macro = None
+        if isinstance(self.router, OverallScheduler):
+            with contextlib.suppress(KeyError, ValueError):
+                macro = self.router.macros.index(self.router.macro_of(rec.id))
         self._apply(self.router.fail_instance(rec.id, time.monotonic()))
-        if all(r.failed for r in self.engines.values()):
+        drain = self._drains.get(rec.id)
+        if drain is not None and not drain.done():
+            drain.set_result(None)  # nothing left to drain
+        replacing = rec.launched is not None and self.replace_failed and not self._stopping
+        if replacing:
+            self._spawn(self._replace(rec, macro, draining=rec.draining), f"replace-{rec.id}")
+        elif rec.launched is not None and self.launcher is not None:
+            self._spawn(self.launcher.stop([rec.launched]), f"stop-{rec.id}")
+        if not replacing and self._launching == 0 and all(r.failed for r in self.engines.values()):
             for rid in list(self._waiting):
                 gen = self._flights.get(rid)
                 if gen is not None:
                     gen.error = RequestError(503, "every engine has failed", "ServiceUnavailableError")
                     gen.placed.set()
             self._waiting.clear()
+
+    async def _replace(self, rec: EngineRecord, macro: int | None, *, draining: bool) -> None:
+        """Kill what is left of a failed engine (a hung one still holds its
+        memory and devices), then start a new one in its place, unless it was
+        being drained anyway."""
+        self._launching += 1
+        try:
+            assert self.launcher is not None and rec.launched is not None
+            await self.launcher.stop([rec.launched])
+            await rec.handle.close()
+            self.engines.pop(rec.id, None)
+            if draining:
+                return
+            for attempt in range(1, REPLACE_TRIES + 1):
+                try:
+                    new = await self.add_engine(macro)
+                    self.replaced_total += 1
+                    self._event("replaced", rec.id, f"by {new}")
+                    return
+                except Exception as e:
+                    log.error("replacing %s failed (try %d of %d): %s", rec.id, attempt, REPLACE_TRIES, e)
+                    self._event("launch-failed", rec.id, str(e))
+                    await asyncio.sleep(2.0 * attempt)
+        finally:
+            self._launching -= 1
+            if self._launching == 0 and not any(not r.failed for r in self.engines.values()):
+                for rid in list(self._waiting):  # nothing left to wait for
+                    gen = self._flights.get(rid)
+                    if gen is not None:
+                        gen.error = RequestError(503, "every engine has failed", "ServiceUnavailableError")
+                        gen.placed.set()
+                self._waiting.clear()
 
     # ---- Python API ----------------------------------------------------------------
     async def generate(self, prompt: str | list[int], **params: Any) -> dict[str, Any]:
@@ -718,13 +1025,13 @@ class Coordinator:
                 "macro_instance": macro if inst is not None else None,
                 "healthy": rec.failed is None,
                 "failed": rec.failed,
-                "draining": bool(inst is not None and inst.draining),
+                "draining": rec.draining,
                 "routed_total": rec.routed_total,
                 "kv_capacity_tokens": rec.kv_capacity_tokens,
                 "kv_reserved_tokens": inst.kv_reserved if inst is not None else 0,
                 "commanded_phase": rec.acked_phase,
-                "pid": rec.local.pid if rec.local is not None else None,
-                "log": str(rec.local.log_path) if rec.local is not None else None,
+                "pid": rec.launched.pid if rec.launched is not None else None,
+                "log": str(rec.launched.log_path) if rec.launched is not None and rec.launched.log_path else None,
                 "engine": None if obs is None else {
                     "phase": obs.phase, "activity": obs.activity, "num_waiting": obs.num_waiting,
                     "num_prefilling": obs.num_prefilling, "num_decoding": obs.num_decoding,
@@ -740,7 +1047,19 @@ class Coordinator:
             "in_flight": len(self._flights),
             "predictor": {"correction": self.predictor.correction, "observations": self.predictor.observations},
             "instances": instances,
-        }
+            "layout": self.layout(),
+            "launcher": self.launcher.name if self.launcher is not None else None,
+            "launching": self._launching,
+            "autoscale": None if self.autoscale is None else {
+                "min_engines": self.autoscale.min_instances, "max_engines": self.autoscale.max_instances,
+                "macro_min": self.autoscale.macro_min, "macro_max": self.autoscale.macro_max,
+                "ttft_window_s": self.autoscale.ttft_window_s, "cooldown_s": self.autoscale.cooldown_s,
+                "scale_in_hold_s": self.autoscale.scale_in_hold_s,
+            },
+            "requeued_total": self.requeued_total,
+            "replaced_total": self.replaced_total,
+            "events": self.events[-50:],
+        }  # fmt: skip
 
 
 _SCHED = "vllm_plugin.scheduler.EcoServeScheduler"

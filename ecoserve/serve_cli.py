@@ -5,10 +5,11 @@
 
 Order of events: bind the API port (fail fast if taken), start the engines and
 wait until healthy (a clear error with the failing engine's log tail if one
-does not come up), serve, and on Ctrl-C / SIGTERM / SIGHUP: stop taking
-requests, let running ones finish for a few seconds, stop the engines. The
-signals are ours alone (uvicorn's handlers are off), so a signal during the
-engines' start-up also stops them at once.
+does not come up), serve, and on Ctrl-C / SIGTERM / SIGHUP: refuse new requests (503, and
+/health 503 so load balancers stop sending), let those in flight finish for up
+to ``--shutdown-grace`` seconds, stop the engines, exit 0; a second signal
+stops at once. The signals are ours alone (uvicorn's handlers are off), so a
+signal during the engines' start-up also stops them at once.
 """
 
 from __future__ import annotations
@@ -37,6 +38,19 @@ def _coeffs(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
     except ValueError:
         raise click.BadParameter("expected three numbers A,B,C (seconds = A + B*n + C*n^2)") from None
     return a, b, c
+
+
+def _profile_coeffs(path: str) -> tuple[float, float, float]:
+    from ecoserve.policy import PrefillTimePredictor
+    from ecoserve.workload import load_profile
+
+    try:
+        points = load_profile(path)
+        if len(points) < 3:
+            raise ValueError("needs at least three prefill points")
+        return PrefillTimePredictor.fit_quadratic(points).coeffs
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--profile") from None
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -80,6 +94,23 @@ def _ensure_model(path: str, size: str) -> None:
     help="Attach to a running vLLM engine started with VLLM_PLUGINS=ecoserve and "
     "--scheduler-cls vllm_plugin.scheduler.EcoServeScheduler (repeatable). Instead of --model.",
 )
+@click.option(
+    "--launcher",
+    "launcher_kind",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where engines for --model run. local: child processes on this machine. ray: Ray actors on a "
+    "cluster, each on a node with room (TP x PP GPUs, or cores); needs `pip install 'ecoserve[ray]'` on every "
+    "node. See the README, 'Many machines (Ray)'.",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    metavar="ADDR",
+    help="With --launcher ray: the cluster to use, HOST:PORT of `ray start --head` (or auto). "
+    "Default: start a local Ray instance.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve the API on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option(
@@ -118,6 +149,14 @@ def _ensure_model(path: str, size: str) -> None:
     help="Initial prefill-time model, seconds = A + B*n + C*n^2 for an n-token prompt. Default "
     "0.01,0.001,0: a conservative linear guess, corrected online (x0.2..x5) from the engines' "
     "prefill step times.",
+)
+@click.option(
+    "--profile",
+    "profile_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Seed the prefill-time model from an engine profile (`ecoserve profile --out FILE`): a quadratic "
+    "fitted to its prefill points. Instead of --prefill-coeffs.",
 )
 @click.option(
     "--device",
@@ -170,10 +209,58 @@ def _ensure_model(path: str, size: str) -> None:
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
 )
+@click.option(
+    "--min-engines",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Autoscaling: never fewer engines than this (default: --engines).",
+)
+@click.option(
+    "--max-engines",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Autoscaling: never more engines than this. Autoscaling (mitosis) is on when it exceeds --min-engines; "
+    "local engines' cores or GPUs are planned for this many.",
+)
+@click.option(
+    "--macro-min", type=click.IntRange(min=1), default=1, show_default=True,
+    help="N_l: the fewest engines a macro instance keeps (below it, it merges or is the partial one).",
+)
+@click.option(
+    "--macro-max", type=click.IntRange(min=1), default=8, show_default=True,
+    help="N_u: the most engines in a macro instance; one more splits it in two.",
+)
+@click.option(
+    "--scale-cooldown", type=click.FloatRange(min=0), default=30.0, show_default=True,
+    help="Seconds after a scale action before the next (no flapping).",
+)
+@click.option(
+    "--scale-in-hold", type=click.FloatRange(min=0), default=30.0, show_default=True,
+    help="Seconds the fleet must look over-provisioned before an engine is drained.",
+)
+@click.option(
+    "--ttft-window", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+    help="Seconds of first-token times the scale-out trigger averages (mean TTFT > SLO: add an engine).",
+)
+@click.option(
+    "--replace-failed/--no-replace-failed", default=True, show_default=True,
+    help="Start a new local engine in place of one that died or hung.",
+)
+@click.option(
+    "--shutdown-grace",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="On SIGTERM/SIGINT: refuse new requests (503; /health 503) and let those in flight finish for up "
+    "to this long, then stop the engines. A second signal stops at once.",
+)
 @click.argument("engine_args", nargs=-1, type=click.UNPROCESSED)
-def serve(model, engines, engine_urls, host, port, policy, slo_ttft, slo_tpot, api_key, prefill_coeffs, device,
+def serve(model, engines, engine_urls, launcher_kind, ray_address, host, port, policy, slo_ttft, slo_tpot, api_key,
+          prefill_coeffs, profile_path, device,
           cpu_kv_cache_gib, tokenizer, engine_api_key, log_dir, startup_timeout, max_pending, max_body_bytes,
-          generate_model, log_level, engine_args) -> None:  # fmt: skip
+          generate_model, log_level, min_engines, max_engines, macro_min, macro_max, scale_cooldown, scale_in_hold,
+          ttft_window, replace_failed, shutdown_grace, engine_args) -> None:  # fmt: skip
     """Serve an OpenAI-compatible API (/v1/completions, /v1/chat/completions,
     /v1/models, /health, /metrics, /ecoserve/status) over vLLM engines
     scheduled by EcoServe. Arguments after -- go to every local vLLM engine
@@ -190,18 +277,73 @@ def serve(model, engines, engine_urls, host, port, policy, slo_ttft, slo_tpot, a
                                    "(--generate-model tiny writes a random-weight test model there)")  # fmt: skip
     from ecoserve.coordinator import DEFAULT_PREFILL_COEFFS, Coordinator
 
+    if profile_path:
+        if prefill_coeffs:
+            raise click.UsageError("give --profile or --prefill-coeffs, not both")
+        prefill_coeffs = _profile_coeffs(profile_path)
+
+    autoscale = _autoscale_config(engines, min_engines, max_engines, macro_min, macro_max, scale_cooldown,
+                                  scale_in_hold, ttft_window, policy, bool(engine_urls))  # fmt: skip
     sock = _bind(host, port)
+    launcher = _ray_launcher(launcher_kind, ray_address, model, engine_args, device, log_dir, cpu_kv_cache_gib)
     coord = Coordinator(
         model, engines=engines, engine_urls=engine_urls, policy=policy, slo_ttft=slo_ttft, slo_tpot=slo_tpot,
         engine_args=list(engine_args), device=device, log_dir=log_dir, startup_timeout=startup_timeout,
         tokenizer=tokenizer, prefill_coeffs=prefill_coeffs or DEFAULT_PREFILL_COEFFS, engine_api_key=engine_api_key,
-        max_pending=max_pending, cpu_kv_cache_gib=cpu_kv_cache_gib,
+        max_pending=max_pending, cpu_kv_cache_gib=cpu_kv_cache_gib, autoscale=autoscale,
+        max_engines=max_engines, replace_failed=replace_failed,
+        launcher=launcher,
     )  # fmt: skip
     try:
-        code = _run(_main(coord, sock, api_key, max_body_bytes, log_level))
+        code = _run(_main(coord, sock, api_key, max_body_bytes, log_level, shutdown_grace))
     finally:
         sock.close()
     sys.exit(code)
+
+
+def _ray_launcher(kind, address, model, engine_args, device, log_dir, cpu_kv_cache_gib):
+    """The Ray launcher for --launcher ray (None: the coordinator's local one)."""
+    if kind != "ray":
+        if address:
+            raise click.UsageError("--ray-address needs --launcher ray")
+        return None
+    if model is None:
+        raise click.UsageError("--launcher ray starts engines for --model; attached engines (--engine-url) need none")
+    from ecoserve.engine.ray_launcher import RayLauncher, RayUnavailableError
+    from ecoserve.engine.resources import PlacementError
+
+    if Path(model).expanduser().exists():  # the same absolute path on every node
+        model = str(Path(model).expanduser().resolve())
+    extra_env = {"VLLM_CPU_KVCACHE_SPACE": str(cpu_kv_cache_gib)} if cpu_kv_cache_gib else {}
+    try:
+        return RayLauncher(model, engine_args, address=address, device=device, log_dir=log_dir, extra_env=extra_env)
+    except (RayUnavailableError, PlacementError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _autoscale_config(engines, min_engines, max_engines, macro_min, macro_max, cooldown, hold, window, policy,
+                      attached):  # fmt: skip
+    """The mitosis planner's settings, or None when autoscaling is off
+    (it is on when --max-engines exceeds --min-engines)."""
+    from ecoserve.policy import MitosisConfig
+
+    lo = min_engines or engines
+    hi = max_engines or max(engines, lo)
+    if hi <= lo and max_engines is None:
+        return None
+    if not lo <= engines <= hi:
+        raise click.UsageError(f"need --min-engines ({lo}) <= --engines ({engines}) <= --max-engines ({hi})")
+    if hi == lo:
+        return None
+    if attached:
+        raise click.UsageError("autoscaling launches engines: use --model, not --engine-url")
+    if policy != "ecoserve":
+        raise click.UsageError("autoscaling (mitosis) needs --policy ecoserve")
+    try:
+        return MitosisConfig(macro_min=macro_min, macro_max=macro_max, min_instances=lo, max_instances=hi,
+                             ttft_window_s=window, cooldown_s=cooldown, scale_in_hold_s=hold)  # fmt: skip
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
 
 
 def _run(coro) -> int:
@@ -216,7 +358,8 @@ def _run(coro) -> int:
     return asyncio.run(coro)  # pragma: no cover
 
 
-async def _main(coord, sock: socket.socket, api_key: str | None, max_body_bytes: int, log_level: str) -> int:
+async def _main(coord, sock: socket.socket, api_key: str | None, max_body_bytes: int, log_level: str,
+                shutdown_grace: float = 30.0) -> int:  # fmt: skip
     import uvicorn
 
     from ecoserve.engine.launcher import EngineStartError
@@ -231,19 +374,23 @@ async def _main(coord, sock: socket.socket, api_key: str | None, max_body_bytes:
             pass
 
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()  # the first signal, a second one
     received: list[str] = []
 
     def on_signal(sig: signal.Signals) -> None:
         received.append(sig.name)
         if len(received) == 1:
-            print(f"\n{sig.name}: shutting down (engines are being stopped) ...", file=sys.stderr, flush=True)
+            print(f"\n{sig.name}: shutting down ...", file=sys.stderr, flush=True)
+        elif len(received) == 2:
+            print(f"{sig.name}: stopping now (requests in flight are aborted)", file=sys.stderr, flush=True)
+            hurry.set()
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, on_signal, sig)
 
-    where = f"{coord.n_engines} local engine(s)" if coord.model_path else f"{len(coord.engine_urls)} attached engine(s)"
+    kind = coord.launcher.name if coord.launcher is not None else "local"
+    where = f"{coord.n_engines} {kind} engine(s)" if coord.model_path else f"{len(coord.engine_urls)} attached engine(s)"
     print(f"ecoserve: starting {where} (policy {coord.policy}); engine logs in {coord.log_dir}", flush=True)
     starting = asyncio.create_task(coord.start())
     stopper = asyncio.create_task(stop.wait())
@@ -280,6 +427,13 @@ async def _main(coord, sock: socket.socket, api_key: str | None, max_body_bytes:
     )
     try:
         await asyncio.wait({serving, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not serving.done() and len(received) == 1:
+            left = await _drain(coord, app, serving, shutdown_grace, hurry, received[0])
+            if left:  # their streams end with an error event when the engines stop
+                print(f"ecoserve: {left} request(s) still in flight are aborted", file=sys.stderr, flush=True)
+                server.force_exit = True
+        else:
+            server.force_exit = True
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(serving, GRACEFUL_S + 5)
@@ -288,6 +442,26 @@ async def _main(coord, sock: socket.socket, api_key: str | None, max_body_bytes:
         await coord.stop()
         print("ecoserve: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+async def _drain(coord, app, serving: asyncio.Task, grace: float, hurry: asyncio.Event, signame: str) -> int:
+    """A graceful shutdown's first half: new requests get 503 (and /health
+    503), those in flight get up to ``grace`` seconds to finish. Returns how
+    many are left: the grace ran out, a second signal came, or the server died."""
+    app.state.draining = True
+    busy = coord.status()["in_flight"]
+    print(f"ecoserve: draining: new requests get 503; waiting up to {grace:g}s for {busy} request(s) in flight "
+          f"({signame} again to stop now)", file=sys.stderr, flush=True)  # fmt: skip
+    drain = asyncio.create_task(coord.drain_requests(grace))
+    hurried = asyncio.create_task(hurry.wait())
+    await asyncio.wait({drain, hurried, serving}, return_when=asyncio.FIRST_COMPLETED)
+    hurried.cancel()
+    if drain.done():
+        return drain.result()
+    drain.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await drain
+    return coord.status()["in_flight"]
 
 
 if __name__ == "__main__":

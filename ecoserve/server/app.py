@@ -30,8 +30,10 @@ from fastapi.responses import JSONResponse, Response
 from ecoserve import __version__
 from ecoserve.coordinator import CHAT, COMPLETIONS, Coordinator, RequestError
 from ecoserve.server import errors
+from ecoserve.server.admin import admin_router
 from ecoserve.server.metrics import CONTENT_TYPE, Metrics
 from ecoserve.server.relay import ClientGone, DisconnectWatcher, SSEResponse
+from ecoserve.server.retry_after import RetryAdvisor
 from ecoserve.server.schemas import ChatCompletionRequest, CompletionRequest, ErrorResponse, ModelCard, ModelList
 
 _enc = msgspec.json.Encoder()
@@ -173,11 +175,13 @@ def create_app(coord: Coordinator, *, api_key: str | None = None, max_body_bytes
     def count(outcome: str) -> None:
         metrics.requests.labels(outcome).inc()
 
-    errors.install(app, count=count)
+    advisor = RetryAdvisor(metrics)
+    errors.install(app, count=count, retry_after=lambda: advisor.seconds(coord.max_pending))
     app.add_middleware(BodyGuard, max_body_bytes=max_body_bytes, count=count)
-    coord.observer = metrics
+    coord.observer = advisor
     app.state.coordinator = coord
     app.state.metrics = metrics
+    app.state.draining = False  # set by `ecoserve serve` on SIGTERM
     auth = [Depends(_auth(api_key))]
     started = int(time.time())
 
@@ -224,7 +228,11 @@ def create_app(coord: Coordinator, *, api_key: str | None = None, max_body_bytes
 
     @app.get("/health", tags=["ops"])
     async def health() -> Response:
-        """200 while at least one engine serves; 503 otherwise."""
+        """200 while at least one engine serves; 503 otherwise, and from the
+        start of a graceful shutdown (``app.state.draining``), so load
+        balancers stop sending before the server goes away."""
+        if app.state.draining:
+            return errors.error_response(503, "the server is shutting down")
         ok = any(i["healthy"] for i in coord.status()["instances"])
         return Response(status_code=200 if ok else 503)
 
@@ -238,4 +246,5 @@ def create_app(coord: Coordinator, *, api_key: str | None = None, max_body_bytes
         num_running, num_waiting, macro_instance, ...)."""
         return JSONResponse(coord.status())
 
+    app.include_router(admin_router(coord, _auth(api_key)))
     return app

@@ -4,7 +4,7 @@ Every failure the front door reports goes through here, so clients (the
 ``openai`` package included) parse them the same way whatever went wrong:
 validation (400), authentication (401), unknown model or route (404), wrong
 method (405), a body over the size limit (413), a body that is not JSON (415),
-overload (429/503), engine trouble (502). An unexpected bug is
+overload (429 with ``Retry-After``, 503), engine trouble (502). An unexpected bug is
 a 500 in the same shape, with the details in our log rather than the reply.
 """
 
@@ -98,15 +98,20 @@ def _json_type(v: object) -> str:
     return names.get(type(v), type(v).__name__)
 
 
-def install(app: FastAPI, count: Callable[[str], None] = lambda outcome: None) -> None:
+def install(app: FastAPI, count: Callable[[str], None] = lambda outcome: None,
+            retry_after: Callable[[], int] | None = None) -> None:  # fmt: skip
     """``count(outcome)`` is called for requests refused here, before the
-    coordinator sees them (it counts the others itself)."""
+    coordinator sees them (it counts the others itself). ``retry_after()``:
+    the seconds a 429 tells the client to wait (``Retry-After``)."""
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
         if exc.status == 401:
             count("unauthorized")
-        return error_response(exc.status, exc.message, exc.type, exc.param)
+        resp = error_response(exc.status, exc.message, exc.type, exc.param)
+        if exc.status == 429 and retry_after is not None:
+            resp.headers["Retry-After"] = str(retry_after())
+        return resp
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
