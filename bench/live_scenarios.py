@@ -121,7 +121,9 @@ class Outcome:
 
 @dataclass
 class Load:
-    """An open-loop stream of requests: one every ``1/rate`` seconds, whatever the replies do."""
+    """An open-loop stream of requests, one every ``1/rate`` seconds whatever
+    the replies do; or, with ``concurrency``, a closed loop that keeps that
+    many requests open (a backlog of fixed size, whatever the machine's speed)."""
 
     url: str
     model: str
@@ -129,13 +131,29 @@ class Load:
     max_tokens: int = 32
     prompt_words: int = 40
     timeout: float = 240.0
+    concurrency: int | None = None  # instead of a rate: keep this many requests open
     outcomes: list[Outcome] = field(default_factory=list)
     _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._slots = asyncio.Semaphore(self.concurrency or 1)
 
     async def run(self, http: aiohttp.ClientSession, stop: asyncio.Event) -> None:
         start = time.monotonic()
         n = 0
         while not stop.is_set():
+            if self.concurrency is not None:  # closed loop: a new request as soon as one ends
+                await self._slots.acquire()
+                if stop.is_set():
+                    self._slots.release()
+                    break
+                o = Outcome(time.monotonic())
+                self.outcomes.append(o)
+                task = asyncio.create_task(self._one(http, n, o))
+                task.add_done_callback(lambda _: self._slots.release())
+                self._tasks.append(task)
+                n += 1
+                continue
             at = start + n / self.rate
             delay = at - time.monotonic()
             if delay > 0:
@@ -253,16 +271,19 @@ async def chaos(model: str, log_dir: Path, *, rate: float = 4.0, before_s: float
     return report
 
 
-async def ramp(model: str, log_dir: Path, *, rate: float = 5.0, max_tokens: int = 128) -> dict:
-    """Grow 1 -> 3 under load (split at N_u = 2), then shrink 3 -> 1 in silence (merge)."""
+async def ramp(model: str, log_dir: Path, *, concurrency: int = 12, max_tokens: int = 64) -> dict:
+    """Grow 1 -> 3 under load (split at N_u = 2), then shrink 3 -> 1 in silence (merge).
+
+    The load keeps ``concurrency`` requests open against engines of one seat
+    each: requests always wait, so the mean TTFT is above the SLO on any
+    machine, and the backlog stays bounded however long engines take to start
+    (an open-loop rate would pile up minutes of work on a slow machine)."""
     serve_args = ["--engines", "1", "--max-engines", "3", "--macro-min", "1", "--macro-max", "2",
                   "--slo-ttft", "0.1", "--slo-tpot", "1.0", "--scale-cooldown", "2", "--scale-in-hold", "3",
                   "--ttft-window", "5"]  # fmt: skip
-    # One seat per engine and 128-token outputs: one engine serves a few
-    # requests a second at most, so requests wait and the mean TTFT passes the
-    # SLO whatever the machine's speed.
+    # One seat per engine: with more requests open than seats, requests wait.
     server = Server(model, log_dir, serve_args, [*ENGINE_ARGS, "--max-num-seqs", "1"])
-    report: dict[str, Any] = {"scenario": "ramp", "rate": rate}
+    report: dict[str, Any] = {"scenario": "ramp", "concurrency": concurrency, "max_tokens": max_tokens}
     timeline: list[dict[str, Any]] = []
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10), connector=aiohttp.TCPConnector(limit=0)) as http:
@@ -276,7 +297,7 @@ async def ramp(model: str, log_dir: Path, *, rate: float = 5.0, max_tokens: int 
                                  "in_flight": st["in_flight"], "launching": st["launching"]})  # fmt: skip
                 return st
 
-            load = Load(server.url, server.model, rate, max_tokens=max_tokens)
+            load = Load(server.url, server.model, 0.0, max_tokens=max_tokens, concurrency=concurrency)
             stop = asyncio.Event()
             runner = asyncio.create_task(load.run(http, stop))
             while time.monotonic() - t0 < 2 * START_TIMEOUT_S:
@@ -315,11 +336,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("scenario", choices=["chaos", "ramp"])
     p.add_argument("--model", required=True, help="model directory (e.g. `ecoserve make-model .cache/models/tiny`)")
-    p.add_argument("--rate", type=float, default=None, help="requests per second")
+    p.add_argument("--rate", type=float, default=None, help="chaos: requests per second")
     p.add_argument("--log-dir", type=Path, default=Path("/tmp/ecoserve-live"))
     p.add_argument("--out", type=Path, default=None, help="write the report here (JSON)")
     args = p.parse_args()
-    kw = {"rate": args.rate} if args.rate else {}
+    kw = {"rate": args.rate} if args.rate and args.scenario == "chaos" else {}
     run = chaos if args.scenario == "chaos" else ramp
     report = asyncio.run(run(args.model, args.log_dir / args.scenario, **kw))
     text = json.dumps(report, indent=2, default=str)

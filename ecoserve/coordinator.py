@@ -145,6 +145,7 @@ class EngineRecord:
     routed_total: int = 0
     failed: str | None = None  # why, once failed
     draining: bool = False
+    leaving: bool = False  # drained: being stopped, no longer watched
     last_step: int = 0
     health_misses: int = 0
     phase_dirty: asyncio.Event = field(default_factory=asyncio.Event)
@@ -553,6 +554,7 @@ class Coordinator:
         fut = self._drains.get(eid)
         try:
             if rec is not None:
+                rec.leaving = True  # its health checks fail from here on, by design
                 await self._detach(rec)
                 self.engines.pop(eid, None)
                 self._event("removed", eid)
@@ -868,7 +870,7 @@ class Coordinator:
     async def _health_monitor(self) -> None:
         while True:
             await asyncio.sleep(HEALTH_S)
-            live = [r for r in self.engines.values() if not r.failed]
+            live = [r for r in self.engines.values() if not r.failed and not r.leaving]
             await asyncio.gather(*(self._check_health(r) for r in live))
 
     async def _check_health(self, rec: EngineRecord) -> None:
@@ -886,7 +888,7 @@ class Coordinator:
 
     async def _engine_broke(self, rec: EngineRecord, why: str) -> None:
         """A stream to ``rec`` broke: fail it if it is really gone."""
-        if rec.failed or self._stopping:
+        if rec.failed or rec.leaving or self._stopping:
             return
         exited = rec.launched is not None and rec.launched.exit_code() is not None
         alive = not exited and await rec.handle.health(timeout=2.0)
@@ -897,7 +899,7 @@ class Coordinator:
         """Take a dead or hung engine out of rotation: requests it had not
         started go back to the queue (they keep their place), started streams
         end with an error; an engine we launched is killed and replaced."""
-        if rec.failed:
+        if rec.failed or rec.leaving:
             return
         rec.failed = why
         log.error("engine %s (%s) failed: %s", rec.id, rec.url, why)

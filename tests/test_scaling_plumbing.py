@@ -144,6 +144,7 @@ async def test_autoscaler_grows_splits_then_shrinks_and_merges(tmp_path):
         kinds = kinds()
         assert "split" in kinds and "merged" in kinds
         assert kinds.index("split") < kinds.index("merged")
+        assert "failed" not in kinds and "error" not in kinds
         assert launcher.capacity() == 2
 
 
