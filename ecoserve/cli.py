@@ -42,11 +42,15 @@ def make_model_cmd(path: str, size: str, seed: int, force: bool) -> None:
 
 
 def _register_subcommands() -> None:
+    from ecoserve.bench_cli import bench
+    from ecoserve.profile_cli import profile
     from ecoserve.serve_cli import serve
     from ecoserve.simulate_cli import simulate
 
     main.add_command(serve)
     main.add_command(simulate)
+    main.add_command(bench)
+    main.add_command(profile)
 
 
 _register_subcommands()

@@ -162,6 +162,11 @@ class ProfileModel(EngineModel):
     measured decode step (its fixed part, weights and overhead, is already
     paid by the prefill). An approximation: a profile could measure mixed
     steps directly.
+
+    Every step also pays the profile's ``overheads.step_gap_s`` (if measured):
+    the engine loop's time between two steps (outputs handed to the API
+    server, inputs taken in), which a step record's duration leaves out but a
+    busy real engine pays before its next step.
     """
 
     def __init__(self, profile: EngineProfile, name: str = "profile") -> None:
@@ -173,21 +178,22 @@ class ProfileModel(EngineModel):
         self.max_batched_tokens = max(profile.max_context or 2048, 2048)
         self._p0 = profile.prefill_time(0)
         self._dfloor = min(min(r) for r in profile.decode_seconds)
+        self.step_gap = float((profile.meta.get("overheads") or {}).get("step_gap_s") or 0.0)
 
     @classmethod
     def load(cls, path) -> ProfileModel:
         return cls(EngineProfile.load(path), name=str(path))
 
     def decode_step(self, batch: int, ctx_sum: int) -> float:
-        return self.profile.decode_time(batch, ctx_sum / batch if batch else 0.0)
+        return self.profile.decode_time(batch, ctx_sum / batch if batch else 0.0) + self.step_gap
 
     def step_time(self, chunks: Chunks, batch: int, ctx_sum: int) -> float:
         if not chunks:
             return self.decode_step(batch, ctx_sum) if batch else 0.0
         P = self.profile.prefill_time
-        t = self._p0 + sum(P(c + n) - (P(c) if c else self._p0) for n, c in chunks)
+        t = self._p0 + sum(P(c + n) - (P(c) if c else self._p0) for n, c in chunks) + self.step_gap
         if batch:
-            t += self.decode_step(batch, ctx_sum) - self._dfloor
+            t += self.profile.decode_time(batch, ctx_sum / batch) - self._dfloor
         return t
 
     def prefill_points(self) -> list[tuple[int, float]]:

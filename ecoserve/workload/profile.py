@@ -41,6 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PROFILE_FORMAT = "ecoserve-profile/v1"
+# Keys with a field of their own; any other top-level key (model, hardware,
+# source, notes, overheads ...) is kept as free metadata and written back.
+_FIELDS = ("format", "prefill", "decode", "kv_capacity_tokens", "kv_bytes_per_token", "max_context")
 
 
 def _interp(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
@@ -137,7 +140,7 @@ class EngineProfile:
                 kv_capacity_tokens=int(obj["kv_capacity_tokens"]),
                 kv_bytes_per_token=None if obj.get("kv_bytes_per_token") is None else int(obj["kv_bytes_per_token"]),
                 max_context=None if obj.get("max_context") is None else int(obj["max_context"]),
-                meta={k: obj[k] for k in ("model", "hardware") if k in obj},
+                meta={k: v for k, v in obj.items() if k not in _FIELDS},
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{source}: malformed engine profile: {e}") from e
