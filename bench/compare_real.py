@@ -1,0 +1,481 @@
+"""EcoServe against stock-vLLM baselines on real CPU engines of this machine,
+side by side in one run, plus the engine profile the simulator needs.
+
+    nice -n 0 .venv/bin/python bench/compare_real.py            # ~40 min on 2 cores
+    .venv/bin/python bench/compare_real.py --quick               # smoke run, ~10 min
+
+Systems, all on 2 engines of the `small` generated model (one core each,
+VLLM_CPU_OMP_THREADS_BIND=0 / 1), same workloads and SLOs:
+- ecoserve:      `ecoserve serve --policy ecoserve` attached to 2 plugin engines;
+- round-robin,
+  least-loaded:  `ecoserve serve --policy round-robin|least-loaded` attached to the
+                 same engines, which the coordinator puts in phase `mixed`: the
+                 stock vLLM V1 scheduler (chunked prefill, 2048-token budget);
+- fudg-1p1d:     1 prefill + 1 decode stock vLLM engine with ExampleConnector KV
+                 transfer through a temporary directory, behind
+                 `python -m ecoserve.bench.disagg_proxy`.
+Every measurement is `ecoserve bench sweep` (the exact command lines are logged
+to OUT/commands.txt); the engines' prefix caches are reset before each run so
+no system profits from prompts another one sent.
+
+Workloads (files under OUT/workloads, replayed time-scaled to each rate, so
+`ecoserve simulate` can take the very same requests):
+- sharegpt-half: the ShareGPT-like synthetic lengths of ecoserve.workload
+  (means 344 / 237 tokens), both lengths x0.5, Poisson arrivals;
+- azure-quarter: the Azure conversation trace's first requests, both lengths
+  x0.25, its own arrival times (burstiness kept).
+SLOs are derived from the profile of engine 0 (see `slos_from_profile`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import itertools
+import json
+import os
+import random
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+MODEL = ROOT / ".cache/models/small"
+ENGINE_ARGS = ["--max-model-len", "2048", "--enforce-eager", "--dtype", "bfloat16"]
+KV_GIB = "2"
+HARDWARE = "1 core (VLLM_CPU_OMP_THREADS_BIND=0) of the 2-core host, bf16, vllm-cpu 0.32, small model"
+SYSTEMS = ("ecoserve", "round-robin", "least-loaded", "fudg-1p1d")
+_PROCS: list[subprocess.Popen] = []
+
+
+# -- processes -------------------------------------------------------------------------
+
+
+def _stop(proc: subprocess.Popen, sig=signal.SIGTERM, grace: float = 20.0) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+
+
+@atexit.register
+def _cleanup() -> None:
+    for p in _PROCS:
+        _stop(p, signal.SIGKILL)
+
+
+def _exit_on_signal(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # so atexit stops the engines (started with & SIGINT is ignored)
+
+
+def _spawn(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as f:
+        f.write(f"# {shlex.join(cmd)}\n".encode())
+        f.flush()
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                             start_new_session=True, cwd=ROOT)  # fmt: skip
+    _PROCS.append(p)
+    return p
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 600.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited ({proc.returncode}); log {log}:\n{log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{url} not healthy after {timeout:g} s (log {log})")
+
+
+def start_engine(port: int, core: int, log: Path, *, plugin: bool, kv_dir: str | None = None) -> subprocess.Popen:
+    cmd = [PY, "-m", "vllm.entrypoints.openai.api_server", "--model", str(MODEL), "--port", str(port), *ENGINE_ARGS]
+    env = {"VLLM_CPU_OMP_THREADS_BIND": str(core), "VLLM_CPU_KVCACHE_SPACE": KV_GIB, "VLLM_SERVER_DEV_MODE": "1"}
+    if plugin:
+        cmd += ["--scheduler-cls", "vllm_plugin.scheduler.EcoServeScheduler"]
+        env["VLLM_PLUGINS"] = "ecoserve"
+    else:
+        env["VLLM_PLUGINS"] = ""  # stock vLLM: no EcoServe plugin loaded at all
+    if kv_dir:
+        cfg = {"kv_connector": "ExampleConnector", "kv_role": "kv_both",
+               "kv_connector_extra_config": {"shared_storage_path": kv_dir}}  # fmt: skip
+        cmd += ["--kv-transfer-config", json.dumps(cfg)]
+        if core == 0:
+            # The prefill engine must compute each prompt in one step: ExampleConnector saves
+            # only the chunk of a chunked prefill, and the decode engine then dies loading
+            # it ("shape mismatch: [1280, 4, 128] ... [1920, 4, 128]", seen at 1.75 req/s).
+            cmd += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", "2048"]
+    return _spawn(cmd, log, env)
+
+
+def reset_prefix_cache(urls: list[str]) -> None:
+    for u in urls:
+        r = httpx.post(u + "/reset_prefix_cache", timeout=30)
+        if r.status_code != 200:
+            print(f"warning: {u}/reset_prefix_cache -> {r.status_code}", file=sys.stderr)
+
+
+class StepCapture:
+    """Every step the plugin engines run during a measurement, from their
+    status pushes (ZeroMQ SUB; nothing is asked of the engines). Shows how fast
+    the engines really stepped under the run's load (the host is shared), and
+    what the simulator's profile should have predicted."""
+
+    def __init__(self, urls: list[str]) -> None:
+        import threading
+
+        import zmq
+
+        self.records: dict[tuple[str, int], dict] = {}
+        self._stop = threading.Event()
+        self._ctx = zmq.Context.instance()
+        self._socks = []
+        for u in urls:
+            addr = httpx.get(u + "/ecoserve/status", timeout=30).json()["addresses"]["status"]
+            sock = self._ctx.socket(zmq.SUB)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, 100_000)
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            sock.connect(addr)
+            self._socks.append((u, sock))
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        import zmq
+
+        from ecoserve.protocol import decode_status
+
+        poller = zmq.Poller()
+        for _, sock in self._socks:
+            poller.register(sock, zmq.POLLIN)
+        names = {sock: u for u, sock in self._socks}
+        while not self._stop.is_set():
+            for sock, _ in poller.poll(200):
+                st = decode_status(sock.recv())
+                for r in st.steps:
+                    self.records[(names[sock], r.step)] = {
+                        "engine": names[sock], "step": r.step, "start": r.start, "kind": r.kind,
+                        "duration_s": r.duration_s, "prefill_tokens": r.prefill_tokens, "prefill_reqs": r.prefill_reqs,
+                        "decode_batch": r.decode_batch, "decode_context_tokens": r.decode_context_tokens}
+
+    def stop(self) -> list[dict]:
+        self._stop.set()
+        self._thread.join(5)
+        for _, sock in self._socks:
+            sock.close(0)
+        return sorted(self.records.values(), key=lambda r: (r["engine"], r["step"]))
+
+
+# -- workloads and SLOs -----------------------------------------------------------------
+
+
+def write_workloads(out: Path, n: int) -> dict[str, Path]:
+    """Scaled copies of the two workloads as Mooncake-style JSONL traces."""
+    from ecoserve.workload import WorkloadTemplate, default_azure_path, load_trace
+    from ecoserve.workload.arrivals import times_from_gaps, unit_gaps
+
+    d = out / "workloads"
+    d.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    tpl = WorkloadTemplate("sharegpt", num_requests=n, seed=0)
+    times = times_from_gaps(unit_gaps(n, 1.0, random.Random("0:arrivals")), 1.0)
+    rows = [(t, max(4, round(p * 0.5)), max(1, round(o * 0.5))) for t, (p, o) in zip(times, tpl.pairs)]
+    paths["sharegpt-half"] = _write_jsonl(d / "sharegpt-half.jsonl", rows)
+    az = load_trace(default_azure_path()).head(n)
+    rows = [(t, max(4, round(p * 0.25)), max(1, round(o * 0.25))) for t, p, o in zip(az.times, az.prompts, az.outputs)]
+    paths["azure-quarter"] = _write_jsonl(d / "azure-quarter.jsonl", rows)
+    return paths
+
+
+def _write_jsonl(path: Path, rows) -> Path:
+    with open(path, "w") as f:
+        f.writelines(json.dumps({"timestamp": round(t * 1000, 3), "input_length": p, "output_length": o}) + "\n" for t, p, o in rows)
+    return path
+
+
+def slos_from_profile(profile_path: Path, workloads: dict[str, Path]) -> dict[str, dict]:
+    """TTFT SLO = 10 x the lone prefill of the workload's mean prompt (queueing
+    and phase waits get 9x the compute); TPOT SLO = 2.5 x a decode step at
+    batch 8 and context 512 (a moderately loaded engine). Ratios like the
+    paper's ShareGPT/Llama-30B setup on GPUs (5 s vs ~0.1-0.5 s prefill; 100 ms
+    vs ~30-40 ms decode steps)."""
+    from ecoserve.workload import EngineProfile, load_trace
+
+    prof = EngineProfile.load(profile_path)
+    tpot = round(2.5 * prof.decode_time(8, 512), 3)
+    out = {}
+    for name, path in workloads.items():
+        tr = load_trace(path)
+        mean_p = sum(tr.prompts) / len(tr.prompts)
+        ttft = round(10 * prof.prefill_time(round(mean_p)), 2)
+        out[name] = {"slo_ttft": ttft, "slo_tpot": tpot, "mean_prompt": round(mean_p, 1),
+                     "mean_output": round(sum(tr.outputs) / len(tr.outputs), 1),
+                     "prefill_mean_prompt_s": round(prof.prefill_time(round(mean_p)), 4),
+                     "decode_b8_c512_s": round(prof.decode_time(8, 512), 5)}  # fmt: skip
+    return out
+
+
+# -- measuring ---------------------------------------------------------------------------
+
+
+class Recorder:
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.cmds = out / "commands.txt"
+
+    def log(self, cmd: list[str]) -> None:
+        with open(self.cmds, "a") as f:
+            f.write(shlex.join(str(c) for c in cmd) + "\n")
+
+    def run_json(self, cmd: list[str], dest: Path, timeout: float = 3600) -> dict:
+        self.log(cmd)
+        t0 = time.time()
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"failed ({r.returncode}): {shlex.join(cmd)}\n{r.stderr[-3000:]}")
+        if r.stderr.strip():
+            sys.stderr.write(r.stderr[-800:])
+        obj = json.loads(r.stdout)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(json.dumps(obj, indent=1) + "\n")
+        print(f"  [{time.time() - t0:.0f} s] {dest.name}", flush=True)
+        return obj
+
+
+def sweep(rec: Recorder, label: str, url: str, wl: str, path: Path, rates: list[float], slo: dict,
+          engines: list[str], capture: bool) -> dict:  # fmt: skip
+    """One `ecoserve bench sweep` per rate (so caches can be reset between runs)."""
+    runs = []
+    for rate in rates:
+        reset_prefix_cache(engines)
+        steps = StepCapture(engines) if capture else None
+        cmd = [PY, "-m", "ecoserve.cli", "bench", "sweep", "--base-url", url, "--model", str(MODEL),
+               "--dataset", str(path), "--rates", f"{rate:g}", "--slo-ttft", str(slo["slo_ttft"]),
+               "--slo-tpot", str(slo["slo_tpot"]), "--label", label, "--timeout", "900", "--no-progress", "--json"]
+        load_before = os.getloadavg()[0]
+        try:
+            obj = rec.run_json(cmd, rec.out / "raw" / f"{label}-{wl}-{rate:g}.json")
+        except RuntimeError as e:  # the server died: say so, do not sweep on against it
+            print(f"  {label} / {wl} @ {rate:g}: {str(e)[-400:]}", file=sys.stderr, flush=True)
+            if steps is not None:
+                steps.stop()
+            break
+        run = obj["results"][0]["runs"][0]
+        # the machine is shared: the 1-minute load average says how busy it was
+        run["host_load_1min"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
+        if steps is not None:
+            recs = steps.stop()
+            (rec.out / "raw" / f"{label}-{wl}-{rate:g}-steps.json").write_text(json.dumps(recs) + "\n")
+            run["engine_steps"] = len(recs)
+        runs.append(run)
+    return {"policy": label, "workload": wl, "runs": runs}
+
+
+def earlier_runs(out: Path, workloads: dict, rates: dict) -> list[dict]:
+    found = []
+    for system in SYSTEMS:
+        for wl in workloads:
+            runs = []
+            for rate in rates[wl]:
+                f = out / "raw" / f"{system}-{wl}-{rate:g}.json"
+                if f.is_file():
+                    run = json.loads(f.read_text())["results"][0]["runs"][0]
+                    steps = out / "raw" / f"{system}-{wl}-{rate:g}-steps.json"
+                    if steps.is_file():
+                        run["engine_steps"] = len(json.loads(steps.read_text()))
+                    runs.append(run)
+            if runs:
+                found.append({"policy": system, "workload": wl, "runs": runs})
+    return found
+
+
+def interp_goodput(points: list[tuple[float, float]], level: float) -> float:
+    """Rate where the measured attainment curve first drops below ``level``,
+    linearly interpolated between measured rates (0 if the lowest fails)."""
+    pts = sorted(points)
+    if not pts or pts[0][1] < level:
+        return 0.0
+    for (r0, a0), (r1, a1) in itertools.pairwise(pts):
+        if a1 < level:
+            return r0 + (r1 - r0) * (a0 - level) / (a0 - a1)
+    return pts[-1][0]
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/real")
+    ap.add_argument("--num-requests", type=int, default=60, help="requests per run")
+    ap.add_argument("--rates-sharegpt-half", default="0.75,1.25,1.75,2.5")
+    ap.add_argument("--rates-azure-quarter", default="1,2,3,4")
+    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--profile", type=Path, default=None, help="reuse this profile instead of measuring one")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 20 requests, 2 rates, quick profile")
+    ap.add_argument("--keep-others", action="store_true",
+                    help="keep the results of systems not run now from an earlier OUT/results.json")
+    a = ap.parse_args()
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGINT, _exit_on_signal)
+    out: Path = a.out
+    out.mkdir(parents=True, exist_ok=True)
+    if a.quick:
+        a.num_requests = 20
+        a.rates_sharegpt_half = a.rates_azure_quarter = "0.5,1.5"
+    systems = [s for s in a.systems.split(",") if s]
+    rates = {"sharegpt-half": [float(x) for x in a.rates_sharegpt_half.split(",")],
+             "azure-quarter": [float(x) for x in a.rates_azure_quarter.split(",")]}  # fmt: skip
+    rec = Recorder(out)
+    with open(rec.cmds, "a" if a.keep_others else "w") as f:
+        f.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}  {shlex.join([PY, *sys.argv])}\n")
+    if not (MODEL / "config.json").is_file():
+        subprocess.run([PY, "-m", "ecoserve.cli", "make-model", str(MODEL), "--size", "small"], check=True)
+    workloads = write_workloads(out, a.num_requests)
+    logs = out / "logs"
+    if logs.exists() and not a.keep_others:
+        shutil.rmtree(logs)
+    t_start = time.time()
+    results: list[dict] = []
+    ports = (18201, 18202)
+    e_urls = [f"http://127.0.0.1:{p}" for p in ports]
+
+    # Phase A: two plugin engines, shared by EcoServe and the NoDG baselines.
+    nodg = [s for s in systems if s != "fudg-1p1d"]
+    profile_path = a.profile
+    if nodg or profile_path is None:
+        print("starting 2 plugin engines ...", flush=True)
+        engines = [start_engine(p, i, logs / f"engine{i}.log", plugin=True) for i, p in enumerate(ports)]
+        for i, (u, e) in enumerate(zip(e_urls, engines)):
+            _wait_healthy(u, e, logs / f"engine{i}.log")
+        if profile_path is None:
+            profile_path = out / "profile-small-1core.json"
+            cmd = [PY, "-m", "ecoserve.cli", "profile", "--engine-url", e_urls[0], "--model", str(MODEL), "--out",
+                   str(profile_path), "--no-progress", "--hardware", HARDWARE] + (["--quick"] if a.quick else [])
+            rec.log(cmd)
+            print("profiling engine 0 ...", flush=True)
+            subprocess.run(cmd, cwd=ROOT, check=True)
+        slos = slos_from_profile(profile_path, workloads)
+        (out / "slos.json").write_text(json.dumps(slos, indent=1) + "\n")
+        print(f"SLOs: {json.dumps(slos)}", flush=True)
+        for i, system in enumerate(nodg):
+            for wl, path in workloads.items():
+                # one front door per workload: EcoServe routes by the workload's SLOs
+                port = 18210 + i
+                url = f"http://127.0.0.1:{port}"
+                cmd = [PY, "-m", "ecoserve.cli", "serve", "--policy", system, "--port", str(port),
+                       "--slo-ttft", str(slos[wl]["slo_ttft"]), "--slo-tpot", str(slos[wl]["slo_tpot"]),
+                       "--profile", str(profile_path), "--tokenizer", str(MODEL),
+                       "--engine-url", e_urls[0], "--engine-url", e_urls[1]]  # fmt: skip
+                rec.log(cmd)
+                log = logs / f"serve-{system}-{wl}.log"
+                serve = _spawn(cmd, log)
+                _wait_healthy(url, serve, log, timeout=120)
+                print(f"{system} / {wl} ...", flush=True)
+                results.append(sweep(rec, system, url, wl, path, rates[wl], slos[wl], e_urls, capture=True))
+                _stop(serve, signal.SIGINT)
+        for e in engines:
+            _stop(e)
+    else:
+        slos = slos_from_profile(profile_path, workloads)
+
+    # Phase B: fully disaggregated, 1 prefill + 1 decode stock engine.
+    if "fudg-1p1d" in systems:
+        kv_dir = tempfile.mkdtemp(prefix="ecoserve-fudg-kv-")
+        try:
+            print("starting prefill + decode engines (ExampleConnector) ...", flush=True)
+            engines = [start_engine(p, i, logs / f"fudg-engine{i}.log", plugin=False, kv_dir=kv_dir)
+                       for i, p in enumerate(ports)]  # fmt: skip
+            for i, (u, e) in enumerate(zip(e_urls, engines)):
+                _wait_healthy(u, e, logs / f"fudg-engine{i}.log")
+            port = 18220
+            url = f"http://127.0.0.1:{port}"
+            cmd = [PY, "-m", "ecoserve.bench.disagg_proxy", "--prefill", e_urls[0], "--decode", e_urls[1],
+                   "--port", str(port)]  # fmt: skip
+            rec.log(cmd)
+            proxy = _spawn(cmd, logs / "disagg-proxy.log")
+            _wait_healthy(url, proxy, logs / "disagg-proxy.log", timeout=60)
+            for wl, path in workloads.items():
+                print(f"fudg-1p1d / {wl} ...", flush=True)
+                results.append(sweep(rec, "fudg-1p1d", url, wl, path, rates[wl], slos[wl], e_urls, capture=False))
+                kv_bytes = sum(f.stat().st_size for f in Path(kv_dir).rglob("*") if f.is_file())
+                print(f"  KV files written so far: {kv_bytes / 1e9:.2f} GB", flush=True)
+            _stop(proxy)
+            for e in engines:
+                _stop(e)
+        finally:
+            shutil.rmtree(kv_dir, ignore_errors=True)
+
+    if a.keep_others:  # the other systems' runs, from their raw files
+        done = {r["policy"] for r in results}
+        results = [r for r in earlier_runs(out, workloads, rates) if r["policy"] not in done] + results
+    summary = summarize(results, slos, profile_path, time.time() - t_start, a)
+    (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plot(summary, out)
+    print(json.dumps(summary["goodput"], indent=1))
+
+
+def summarize(results: list[dict], slos: dict, profile_path: Path, wall: float, a) -> dict:
+    goodput: dict[str, dict] = {}
+    for r in results:
+        pts = [(x["rate"], x["attainment"]) for x in r["runs"]]
+        goodput.setdefault(r["workload"], {})[r["policy"]] = {
+            lvl: round(interp_goodput(pts, v), 3) for lvl, v in (("p50", 0.5), ("p90", 0.9))
+        }
+    return {"profile": str(profile_path.relative_to(ROOT) if profile_path.is_relative_to(ROOT) else profile_path),
+            "slos": slos, "num_requests": a.num_requests, "goodput": goodput, "results": results,
+            "wall_seconds": round(wall, 1)}  # fmt: skip
+
+
+def plot(summary: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for wl in summary["goodput"]:
+        fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+        for r in (x for x in summary["results"] if x["workload"] == wl):
+            xs = [p["rate"] for p in r["runs"]]
+            axes[0].plot(xs, [p["attainment"] for p in r["runs"]], marker="o", label=r["policy"])
+            axes[1].plot(xs, [p["ttft"]["p90"] for p in r["runs"]], marker="o", label=r["policy"])
+            axes[2].plot(xs, [p["tpot"]["p90"] * 1e3 for p in r["runs"]], marker="o", label=r["policy"])
+        s = summary["slos"][wl]
+        for lvl in (0.5, 0.9):
+            axes[0].axhline(lvl, ls="--", lw=0.8, color="grey")
+        axes[1].axhline(s["slo_ttft"], ls="--", lw=0.8, color="grey")
+        axes[2].axhline(s["slo_tpot"] * 1e3, ls="--", lw=0.8, color="grey")
+        for ax, t in zip(axes, ("SLO attainment", "P90 TTFT (s)", "P90 TPOT (ms)")):
+            ax.set_xlabel("request rate (req/s)")
+            ax.set_title(t)
+            ax.grid(alpha=0.3)
+        axes[1].set_yscale("log")
+        axes[0].legend()
+        fig.suptitle(f"2 CPU engines (small model, 1 core each), {wl}; SLO {s['slo_ttft']:g} s / "
+                     f"{s['slo_tpot'] * 1e3:g} ms")  # fmt: skip
+        fig.tight_layout()
+        fig.savefig(out / f"real-{wl}.png", dpi=110)
+        plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
