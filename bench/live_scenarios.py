@@ -132,6 +132,7 @@ class Load:
     prompt_words: int = 40
     timeout: float = 240.0
     concurrency: int | None = None  # instead of a rate: keep this many requests open
+    pause_s: float = 0.0  # closed loop: wait this long after a request ends before the next
     outcomes: list[Outcome] = field(default_factory=list)
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -150,7 +151,7 @@ class Load:
                 o = Outcome(time.monotonic())
                 self.outcomes.append(o)
                 task = asyncio.create_task(self._one(http, n, o))
-                task.add_done_callback(lambda _: self._slots.release())
+                task.add_done_callback(self._free_slot_later)
                 self._tasks.append(task)
                 n += 1
                 continue
@@ -166,6 +167,9 @@ class Load:
             self.outcomes.append(o)
             self._tasks.append(asyncio.create_task(self._one(http, n, o)))
             n += 1
+
+    def _free_slot_later(self, _: asyncio.Task) -> None:
+        asyncio.get_running_loop().call_later(self.pause_s, self._slots.release)
 
     async def settle(self) -> None:
         await asyncio.gather(*self._tasks)
@@ -271,19 +275,22 @@ async def chaos(model: str, log_dir: Path, *, rate: float = 4.0, before_s: float
     return report
 
 
-async def ramp(model: str, log_dir: Path, *, concurrency: int = 12, max_tokens: int = 64) -> dict:
+async def ramp(model: str, log_dir: Path, *, concurrency: int = 2, max_tokens: int = 16, pause_s: float = 0.3) -> dict:
     """Grow 1 -> 3 under load (split at N_u = 2), then shrink 3 -> 1 in silence (merge).
 
-    The load keeps ``concurrency`` requests open against engines of one seat
-    each: requests always wait, so the mean TTFT is above the SLO on any
-    machine, and the backlog stays bounded however long engines take to start
-    (an open-loop rate would pile up minutes of work on a slow machine)."""
+    The TTFT SLO (5 ms) is below what any request can get through two HTTP
+    hops and an engine step, so any load at all is overload to the planner:
+    it grows the fleet on any machine. The load itself stays light (a closed
+    loop of ``concurrency`` requests, each followed by ``pause_s``), because
+    the third engine shares a core on this 2-core machine: an engine kept
+    busy all the time starved the new one's start-up past 10 minutes; and an
+    open-loop rate piles up minutes of backlog while engines start."""
     serve_args = ["--engines", "1", "--max-engines", "3", "--macro-min", "1", "--macro-max", "2",
-                  "--slo-ttft", "0.1", "--slo-tpot", "1.0", "--scale-cooldown", "2", "--scale-in-hold", "3",
+                  "--slo-ttft", "0.005", "--slo-tpot", "1.0", "--scale-cooldown", "2", "--scale-in-hold", "3",
                   "--ttft-window", "5"]  # fmt: skip
-    # One seat per engine: with more requests open than seats, requests wait.
-    server = Server(model, log_dir, serve_args, [*ENGINE_ARGS, "--max-num-seqs", "1"])
-    report: dict[str, Any] = {"scenario": "ramp", "concurrency": concurrency, "max_tokens": max_tokens}
+    server = Server(model, log_dir, serve_args)
+    report: dict[str, Any] = {"scenario": "ramp", "concurrency": concurrency, "max_tokens": max_tokens,
+                              "pause_s": pause_s}  # fmt: skip
     timeline: list[dict[str, Any]] = []
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10), connector=aiohttp.TCPConnector(limit=0)) as http:
@@ -297,7 +304,8 @@ async def ramp(model: str, log_dir: Path, *, concurrency: int = 12, max_tokens: 
                                  "in_flight": st["in_flight"], "launching": st["launching"]})  # fmt: skip
                 return st
 
-            load = Load(server.url, server.model, 0.0, max_tokens=max_tokens, concurrency=concurrency)
+            load = Load(server.url, server.model, 0.0, max_tokens=max_tokens, concurrency=concurrency,
+                        pause_s=pause_s)  # fmt: skip
             stop = asyncio.Event()
             runner = asyncio.create_task(load.run(http, stop))
             while time.monotonic() - t0 < 2 * START_TIMEOUT_S:
