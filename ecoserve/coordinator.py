@@ -49,6 +49,7 @@ from ecoserve.engine.chunks import StreamTally
 from ecoserve.engine.handle import EngineHandle, EngineUnreachable, UpstreamHTTPError, UpstreamStream
 from ecoserve.engine.launcher import LocalLauncher
 from ecoserve.engine.launcher_api import EngineLauncher, LaunchedEngine
+from ecoserve.engine.resources import default_cpu_kv_gib
 from ecoserve.engine.sse import SSESplitter
 from ecoserve.engine.status_stream import StatusSubscriber
 from ecoserve.engine.tokens import EngineTokenizer, LocalTokenizer, prompts_of
@@ -416,7 +417,7 @@ class Coordinator:
             ):
                 # vLLM's CPU default reserves 90% of memory per engine: N engines
                 # cannot all start. (Ignored by GPU engines.)
-                extra_env["VLLM_CPU_KVCACHE_SPACE"] = str(self.cpu_kv_cache_gib or _default_kv_gib(self.max_engines))
+                extra_env["VLLM_CPU_KVCACHE_SPACE"] = str(self.cpu_kv_cache_gib or default_cpu_kv_gib(self.max_engines))
             self.launcher = LocalLauncher(
                 self.model_path, self.engine_args, slots=self.max_engines, device=self.device,
                 log_dir=self.log_dir, extra_env=extra_env,
@@ -482,14 +483,17 @@ class Coordinator:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         rec.tasks.clear()
+        await self._hand_back(rec)
+        if rec.launched is not None and self.launcher is not None:
+            await self.launcher.stop([rec.launched])
+
+    async def _hand_back(self, rec: EngineRecord) -> None:
+        """Close our handle. An attached engine outlives us: give it back the
+        phase it had, not frozen in the last one we commanded."""
         if rec.launched is None and not rec.failed and rec.acked_phase not in (None, rec.initial_phase):
-            # An attached engine outlives us: give it back the phase it had,
-            # not frozen in the last one we commanded.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(rec.handle.set_phase(rec.initial_phase), 2.0)
         await rec.handle.close()
-        if rec.launched is not None and self.launcher is not None:
-            await self.launcher.stop([rec.launched])
 
     # ---- scaling: one engine at a time ----------------------------------------------
     async def add_engine(self, macro: int | None = None) -> str:
@@ -661,10 +665,7 @@ class Coordinator:
         self._tasks.clear()
         for rec in list(self.engines.values()):
             rec.tasks.clear()
-            if rec.launched is None and not rec.failed and rec.acked_phase not in (None, rec.initial_phase):
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(rec.handle.set_phase(rec.initial_phase), 2.0)
-            await rec.handle.close()
+            await self._hand_back(rec)
         if self.launcher is not None:
             # Shielded: a second Ctrl-C must not leave engines behind.
             await asyncio.shield(self.launcher.close())
@@ -933,13 +934,8 @@ class Coordinator:
             self._spawn(self._replace(rec, macro, draining=rec.draining), f"replace-{rec.id}")
         elif rec.launched is not None and self.launcher is not None:
             self._spawn(self.launcher.stop([rec.launched]), f"stop-{rec.id}")
-        if not replacing and self._launching == 0 and all(r.failed for r in self.engines.values()):
-            for rid in list(self._waiting):
-                gen = self._flights.get(rid)
-                if gen is not None:
-                    gen.error = RequestError(503, "every engine has failed", "ServiceUnavailableError")
-                    gen.placed.set()
-            self._waiting.clear()
+        if not replacing:
+            self._fail_waiting_if_no_engine()
 
     async def _replace(self, rec: EngineRecord, macro: int | None, *, draining: bool) -> None:
         """Kill what is left of a failed engine (a hung one still holds its
@@ -965,13 +961,18 @@ class Coordinator:
                     await asyncio.sleep(2.0 * attempt)
         finally:
             self._launching -= 1
-            if self._launching == 0 and not any(not r.failed for r in self.engines.values()):
-                for rid in list(self._waiting):  # nothing left to wait for
-                    gen = self._flights.get(rid)
-                    if gen is not None:
-                        gen.error = RequestError(503, "every engine has failed", "ServiceUnavailableError")
-                        gen.placed.set()
-                self._waiting.clear()
+            self._fail_waiting_if_no_engine()
+
+    def _fail_waiting_if_no_engine(self) -> None:
+        """No engine serves and none is launching: waiting requests have nothing to wait for."""
+        if self._launching or any(not r.failed for r in self.engines.values()):
+            return
+        for rid in list(self._waiting):
+            gen = self._flights.get(rid)
+            if gen is not None:
+                gen.error = RequestError(503, "every engine has failed", "ServiceUnavailableError")
+                gen.placed.set()
+        self._waiting.clear()
 
     # ---- Python API ----------------------------------------------------------------
     async def generate(self, prompt: str | list[int], **params: Any) -> dict[str, Any]:
@@ -1078,14 +1079,3 @@ def _outcome_of(e: BaseException) -> str:
 def _default_log_dir() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "ecoserve" / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-
-
-def _default_kv_gib(n_engines: int) -> int:
-    """KV cache per CPU engine: a third of the available memory shared out, 1 to 8 GiB."""
-    try:
-        with open("/proc/meminfo") as f:
-            avail_kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
-        gib = avail_kib / 2**20
-    except (OSError, StopIteration, ValueError):
-        gib = 8.0
-    return int(min(8, max(1, gib / 3 / n_engines)))

@@ -41,7 +41,7 @@ from typing import Any
 import msgspec
 
 from ecoserve.engine.launcher_api import EngineLauncher, EngineStartError, LaunchedEngine, wait_healthy
-from ecoserve.engine.resources import PlacementError, ranks_per_engine
+from ecoserve.engine.resources import PlacementError, default_cpu_kv_gib, ranks_per_engine
 
 log = logging.getLogger("ecoserve.ray")
 
@@ -160,16 +160,6 @@ def _claim_cores(count: int) -> tuple[list[int], list[Any], bool]:
     return mine, held, shared
 
 
-def _default_kv_gib(engines_per_node: int) -> int:
-    """Like the coordinator's local default: a third of this node's free memory shared out, 1 to 8 GiB."""
-    try:
-        with open("/proc/meminfo") as f:
-            avail = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) / 2**20
-    except (OSError, StopIteration, ValueError):
-        avail = 8.0
-    return int(min(8, max(1, avail / 3 / max(1, engines_per_node))))
-
-
 class EngineActor:
     """One engine on one node (a Ray actor; ``RayLauncher`` decorates it).
     Threaded (max_concurrency > 1): ``wait_exit`` blocks while ``log_tail``
@@ -207,7 +197,7 @@ class EngineActor:
                 placement = f"cores {env['VLLM_CPU_OMP_THREADS_BIND']}" + (" (shared)" if shared else "")
             if "VLLM_CPU_KVCACHE_SPACE" not in env:  # vLLM's default takes 90% of the node's memory
                 fit = (os.cpu_count() or 1) // (spec.cpu_ranks * spec.cpus_per_rank)
-                env["VLLM_CPU_KVCACHE_SPACE"] = str(_default_kv_gib(fit))
+                env["VLLM_CPU_KVCACHE_SPACE"] = str(default_cpu_kv_gib(fit))
         else:
             placement = f"GPU {env.get('CUDA_VISIBLE_DEVICES', '?')}"  # set by Ray to the actor's GPUs
         port = free_port("0.0.0.0")

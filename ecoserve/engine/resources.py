@@ -145,3 +145,16 @@ def plan_engines(
             )
         )
     return slots
+
+
+def default_cpu_kv_gib(engines: int) -> int:
+    """KV cache per CPU engine (VLLM_CPU_KVCACHE_SPACE) when none is given:
+    a third of this machine's available memory shared out, 1 to 8 GiB. vLLM's
+    own default reserves 90% per engine, so N engines could not all start."""
+    try:
+        with open("/proc/meminfo") as f:
+            avail_kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+        gib = avail_kib / 2**20
+    except (OSError, StopIteration, ValueError):
+        gib = 8.0
+    return int(min(8, max(1, gib / 3 / max(1, engines))))
