@@ -86,8 +86,11 @@ def _spawn(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Pop
     with open(log, "ab") as f:
         f.write(f"# {shlex.join(cmd)}\n".encode())
         f.flush()
+        # Own process group, our session: one scheduler autogroup for every process of
+        # the run, so an engine worker's spin-wait (sched_yield) really yields to the
+        # API servers, the coordinator and the client (see ecoserve/engine/launcher.py).
         p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                             start_new_session=True, cwd=ROOT)  # fmt: skip
+                             process_group=0, cwd=ROOT)  # fmt: skip
     _PROCS.append(p)
     return p
 

@@ -60,7 +60,7 @@ class Server:
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
         cmd = [sys.executable, "-m", "ecoserve.serve_cli", "--model", model, "--port", str(self.port),
                "--log-dir", str(log_dir), *serve_args, "--", *engine_args]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._out, stderr=subprocess.STDOUT, process_group=0)
         self.model = ""
         self.engine_pids: set[int] = set()
 
@@ -281,10 +281,9 @@ async def ramp(model: str, log_dir: Path, *, concurrency: int = 2, max_tokens: i
     The TTFT SLO (5 ms) is below what any request can get through two HTTP
     hops and an engine step, so any load at all is overload to the planner:
     it grows the fleet on any machine. The load itself stays light (a closed
-    loop of ``concurrency`` requests, each followed by ``pause_s``), because
-    the third engine shares a core on this 2-core machine: an engine kept
-    busy all the time starved the new one's start-up past 10 minutes; and an
-    open-loop rate piles up minutes of backlog while engines start."""
+    loop of ``concurrency`` requests, each followed by ``pause_s``): on a
+    2-core machine the third engine shares a core with a busy one, and an
+    open-loop rate would pile up a backlog while engines start."""
     serve_args = ["--engines", "1", "--max-engines", "3", "--macro-min", "1", "--macro-max", "2",
                   "--slo-ttft", "0.005", "--slo-tpot", "1.0", "--scale-cooldown", "2", "--scale-in-hold", "3",
                   "--ttft-window", "5"]  # fmt: skip

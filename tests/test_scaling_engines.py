@@ -9,11 +9,9 @@ the figures for reports):
   every request completes, or (a stream already under way on the dead
   engine) ends with a clear error; the engine is replaced.
 
-The ramp scenario (1 -> 3 -> 1 engines with a split and a merge) is not run
-here: on a 2-core machine the third engine shares a core, and its start-up
-was starved past the 10-minute limit in two of four runs. It is run by hand
-(``python bench/live_scenarios.py ramp``); the autoscaler's logic is tested
-with stand-in engine processes in tests/test_scaling_plumbing.py.
+- ramp: the autoscaler grows one engine to three under load (N_u = 2, so the
+  macro instance splits), then shrinks back to one with a merge once the
+  load stops; every request completes with its exact token count.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ import asyncio
 
 import pytest
 
-from bench.live_scenarios import chaos
+from bench.live_scenarios import chaos, ramp
 
 pytestmark = pytest.mark.engine
 
@@ -38,4 +36,19 @@ def test_kill_9_an_engine_under_load_loses_nothing(tiny_model, tmp_path):
     assert r["recover_s"] is not None, detail
     assert sorted(r["engines_after"]) == ["engine-0", "engine-2"], detail
     assert ("replaced", "engine-1", "by engine-2") in [tuple(e) for e in r["events"]], detail
+    assert r["exit_code"] == 0, detail
+
+
+def test_autoscaler_grows_1_to_3_with_a_split_then_shrinks_with_a_merge(tiny_model, tmp_path):
+    r = asyncio.run(ramp(str(tiny_model), tmp_path))
+    detail = f"report: { {k: v for k, v in r.items() if k not in ('timeline', 'serve_output_tail')} }\n" + str(
+        r.get("serve_output_tail", "")
+    )
+    assert r["lost"] == 0 and r["failed"] == 0 and r["completed"] == r["sent"] >= 20, detail
+    kinds = [e[0] for e in r["events"]]
+    assert r["max_engines_seen"] == 3 and kinds.count("added") == 2, detail
+    assert "split" in kinds and "merged" in kinds and kinds.index("split") < kinds.index("merged"), detail
+    assert kinds.count("removed") == 2 and len(r["final_layout"]) == 1 and len(r["final_layout"][0]) == 1, detail
+    assert "failed" not in kinds and "error" not in kinds, detail  # a drained engine's stop is not a failure
+    assert any(len(s["layout"]) == 2 for s in r["timeline"]), detail  # two macro instances at the peak
     assert r["exit_code"] == 0, detail

@@ -1,9 +1,9 @@
 """Local engines: N vLLM API servers with the EcoServe plugin, as child processes.
 
 No orphans, ever:
-- each engine runs in its own session (its own process group), so its
+- each engine runs in its own process group (in our session), so its
   EngineCore and workers are signalled together, and a Ctrl-C at the terminal
-  reaches us only: we stop the engines in order;
+  (sent to the foreground group) reaches us only: we stop the engines in order;
 - stopping sends SIGTERM to the whole group, waits, then SIGKILLs the group;
 - every started engine is registered for an ``atexit`` sweep, and the kernel
   sends the API server SIGTERM if we die without running it
@@ -110,7 +110,12 @@ class LocalEngine:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
-                start_new_session=True,
+                # Own process group (stopped as one), but the coordinator's
+                # session: a new session is a new scheduler autogroup on Linux,
+                # and an engine starting in its own autogroup on a core where
+                # another engine's worker spins (vLLM's shm queue yields in a
+                # loop for 1 s after each read) got no CPU at all for minutes.
+                process_group=0,
                 preexec_fn=lambda: _die_with_parent(parent),
             )
         _REGISTRY.add(self)
@@ -128,7 +133,7 @@ class LocalEngine:
         if self.proc is None:
             return
         try:
-            os.killpg(self.proc.pid, sig)  # own session: group id == leader pid
+            os.killpg(self.proc.pid, sig)  # own group: group id == leader pid
         except (ProcessLookupError, PermissionError):
             pass
 
