@@ -37,7 +37,7 @@ from typing import Any
 MARKER = "ecoserve-model.json"
 # Bump when the generator changes what it writes (corpus, template, configs):
 # directories made by an older generator are then not reused as "matching".
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 SIZES: dict[str, dict[str, int]] = {
     # A few MB; an engine starts in ~20 s and generates thousands of tokens/s.
@@ -47,7 +47,8 @@ SIZES: dict[str, dict[str, int]] = {
         num_key_value_heads=2,
         num_hidden_layers=2,
         intermediate_size=512,
-        max_position_embeddings=2048,
+        # Long enough that a test's streams outlast what it probes meanwhile (RoPE: no weights).
+        max_position_embeddings=8192,
     ),
     # ~270M parameters (~0.55 GB in bf16): prefill costs real compute on a few
     # CPU cores, so prefill/decode interference is visible.

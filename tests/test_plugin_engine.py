@@ -227,6 +227,15 @@ class Zmq:
             out.append(decode_status(self.sub.recv()))
         return out
 
+    def next_push(self, cond, timeout: float, what: str) -> EngineStatus:
+        """The first push from now on that satisfies ``cond``. Blocks on the
+        socket rather than sleeping, so the caller learns of it at once."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if self.sub.poll(int(left * 1000) + 1) and cond(st := decode_status(self.sub.recv())):
+                return st
+        raise AssertionError(f"timed out waiting for {what}")
+
     def close(self) -> None:
         self.req.close(0)
         self.sub.close(0)
@@ -304,20 +313,19 @@ def test_phase_commands_take_effect_fast(eco, eco_zmq):
 
     # Busy: applied before the next step. The ack carries the step count at
     # that moment; no step runs after it (the phase leaves nothing to run).
-    # Progress is read from the engine's pushes: the API server's streams can
-    # lag the engine by hundreds of ms on this machine.
-    # A fast engine may finish the four before the command lands: then that try
-    # shows nothing about a busy engine, and it is run again (up to 3 tries).
+    # Release, progress and command all go over ZeroMQ: the API server, busy
+    # streaming the four, can answer HTTP hundreds of ms late, by which time a
+    # fast engine has finished them (seen in CI).
+    # Should the four still finish before the command lands, that try shows
+    # nothing about a busy engine, and it is run again (up to 3 tries).
     for _ in range(3):
         eco.set_phase("decode")  # queue them, then release them together
         streams = [Stream(eco, prompt(i), max_tokens=440) for i in range(4)]
         wait_for(lambda: eco.status().num_waiting == 4, 30, "4 queued")
         eco_zmq.pushes()
-        eco.set_phase("temporal")
-        decoding = wait_for(
-            lambda: [st for st in eco_zmq.pushes() if st.steps and st.steps[-1].decode_batch == 4], 30, "decoding"
-        )
-        seen = decoding[-1].step  # a step that has ended
+        eco_zmq.call(encode(SetPhase(phase="temporal")))
+        decoding = eco_zmq.next_push(lambda st: st.steps and st.steps[-1].decode_batch == 4, 30, "decoding")
+        seen = decoding.step  # a step that has ended
         t = time.perf_counter()
         ack = eco_zmq.call(encode(SetPhase(phase="prefill")))
         busy_rtt = time.perf_counter() - t

@@ -27,7 +27,9 @@ import pytest
 from ecoserve.engine.launcher import group_alive
 
 START_TIMEOUT_S = 300
-LONG_TOKENS = 1500  # with --max-model-len 2048: several seconds of decoding on a shared 2-core machine
+# With --max-model-len 8192: ~20 s of decoding for three on this 2-core machine. 1500 tokens
+# (3-4 s) ended before the drain could be probed, on a fast CI machine and here alike.
+LONG_TOKENS = 7000
 
 _FAKE = """
 import asyncio, sys
@@ -129,23 +131,28 @@ class Stream(threading.Thread):
 
 
 def _refused_while_draining(url: str, streams: list[Stream]) -> tuple[httpx.Response, httpx.Response, bool]:
-    """Send a new request until the drain has begun (the signal is handled
-    asynchronously); returns the refusal, /health, and whether a stream was
-    still running when both were seen."""
+    """Wait until the drain has begun (the signal is handled asynchronously;
+    /health answers at once, busy engine or not), then send a new request;
+    returns the refusal, /health, and whether a stream was still running when
+    both were seen.
+
+    A request sent before the drain began would be accepted and, on one engine
+    in its decode phase, wait for the streams to end: the refusal would then
+    come too late to prove anything. /health first avoids that race."""
     deadline = time.time() + 10
     while time.time() < deadline:
-        r = httpx.post(url + "/v1/completions", json={"prompt": "late", "max_tokens": 4}, timeout=10)
-        if r.status_code != 200:
-            health = httpx.get(url + "/health", timeout=10)
+        health = httpx.get(url + "/health", timeout=10)
+        if health.status_code != 200:
+            r = httpx.post(url + "/v1/completions", json={"prompt": "late", "max_tokens": 4}, timeout=10)
             return r, health, any(s.is_alive() for s in streams)
-        time.sleep(0.05)
-    raise AssertionError("new requests were still served 10 s after SIGTERM")
+        time.sleep(0.02)
+    raise AssertionError("/health still answered 200 10 s after SIGTERM")
 
 
 @pytest.mark.engine
 def test_sigterm_lets_streams_finish_refuses_new_requests_and_stops_engines(tiny_model, tmp_path):
     serve = Serve(["--model", str(tiny_model), "--engines", "1", "--shutdown-grace", "120", "--",
-                   "--max-model-len", "2048", "--enforce-eager", "--dtype", "bfloat16"], tmp_path)  # fmt: skip
+                   "--max-model-len", "8192", "--enforce-eager", "--dtype", "bfloat16"], tmp_path)  # fmt: skip
     pids: list[int] = []
     try:
         serve.wait_ready()
