@@ -231,7 +231,8 @@ class EngineActor:
                     parent = os.getpid()
                     proc = subprocess.Popen(
                         cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                        start_new_session=True, preexec_fn=lambda: _die_with_parent(parent),
+                        # Own group, same session (one autogroup): see launcher.LocalEngine.start.
+                        process_group=0, preexec_fn=lambda: _die_with_parent(parent),
                     )  # fmt: skip
             except BaseException as e:
                 started.append(e)
