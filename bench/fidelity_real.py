@@ -7,9 +7,9 @@ rates and SLOs, the same number of engines).
 For every (system, workload, rate) measured, one `ecoserve simulate run
 --model PROFILE --instances 2 ...`; writes OUT/fidelity.json and the error
 table OUT/FIDELITY-table.md (relative error (sim - real) / real per metric).
-Systems map to simulator policies: ecoserve -> ecoserve, round-robin ->
-round-robin, least-loaded -> least-loaded (or, with ``--sim-nodg sarathi``,
-chunked-prefill engines), fudg-1p1d -> mooncake with 1:1 nodes.
+Systems map to simulator policies of the same name (round-robin and
+least-loaded model stock vLLM V1 engines: chunked prefill at the real engines'
+2048-token budget); fudg-1p1d -> mooncake with 1:1 nodes.
 """
 
 from __future__ import annotations
@@ -29,22 +29,15 @@ PY = sys.executable
 METRICS = (("ttft", "p50"), ("ttft", "p90"), ("tpot", "p50"), ("tpot", "p90"))
 
 
-def sim_policy(system: str, nodg: str) -> list[str]:
+def sim_policy(system: str) -> list[str]:
     if system == "fudg-1p1d":
         return ["--policy", "mooncake", "--pd-ratio", "1:1"]
-    if system == "least-loaded" and nodg == "sarathi":
-        # vLLM V1's stock scheduler: decodes first, then prompt chunks within a
-        # 2048-token budget (max_num_batched_tokens of the real engines)
-        return ["--policy", "sarathi", "--chunk-size", "2048"]
     return ["--policy", system]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", type=Path, default=ROOT / "bench/results/real/results.json")
-    ap.add_argument("--sim-nodg", choices=("default", "sarathi"), default="default",
-                    help="simulator model of least-loaded: default (its own name: prefill-priority engines) or "
-                         "sarathi (chunked prefill with the real engines' 2048-token budget)")
     ap.add_argument("--tag", default="", help="suffix of the output files")
     ap.add_argument("--profile", type=Path, default=None, help="profile to simulate with (default: the run's)")
     a = ap.parse_args()
@@ -62,7 +55,7 @@ def main() -> None:
         pts_real, pts_sim = [], []
         for run in r["runs"]:
             cmd = [PY, "-m", "ecoserve.cli", "simulate", "run", "--model", str(profile), "--instances", "2",
-                   *sim_policy(system, a.sim_nodg), "--dataset", str(path), "--rate", f"{run['rate']:g}",
+                   *sim_policy(system), "--dataset", str(path), "--rate", f"{run['rate']:g}",
                    "--slo-ttft", str(slo["slo_ttft"]), "--slo-tpot", str(slo["slo_tpot"]), "--json"]  # fmt: skip
             cmds.append(shlex.join(cmd))
             p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)

@@ -74,8 +74,10 @@ def common_options(f):
                      help="EcoServe: instances per macro instance at most (N_u; the paper's run used 11). "
                           "With --autoscale a macro instance that grows past it splits in two."),
         click.option("--chunk-size", type=click.IntRange(16), default=None,
-                     help="Sarathi token budget per step. Default: the best of 256/512/1024/2048 and Sarathi's "
-                          "SLO rule (sweep), or the SLO rule alone (run)."),
+                     help="Token budget per step of chunked-prefill engines. sarathi: default the best of "
+                          "256/512/1024/2048 and Sarathi's SLO rule (sweep), or the rule alone (run). "
+                          "round-robin/least-loaded (stock vLLM V1 engines): default vLLM's own "
+                          "max_num_batched_tokens (2048; 8192 on 80 GB GPUs but A100)."),
         click.option("--pd-ratio", default=None, callback=_ratio_arg,
                      help="Mooncake prefill:decode instances, e.g. 3:5. Default: every split is tried and the "
                           "best is kept."),

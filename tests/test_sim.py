@@ -85,6 +85,18 @@ def test_sarathi_mixes_and_vllm_does_not(workload):
     assert sum(e.stats.mixed_steps for e in vll.engines) == 0
 
 
+def test_round_robin_and_least_loaded_run_stock_v1_engines(workload):
+    # What `ecoserve serve --policy round-robin|least-loaded` runs: stock vLLM V1
+    # engines, chunking prompts into decode steps within vLLM's default budget.
+    for policy in ("round-robin", "least-loaded"):
+        cluster, _ = run_states(cfg(policy), workload)
+        assert (cluster.info["engine"], cluster.info["chunk_size"]) == ("sarathi", 2048)  # L20: 48 GB
+        assert sum(e.stats.mixed_steps for e in cluster.engines) > 0
+    assert build(SimConfig(policy="round-robin", hardware="h100", instances=1)).info["chunk_size"] == 8192
+    assert build(SimConfig(policy="least-loaded", hardware="h100", instances=1, chunk_size=512)).info["chunk_size"] == 512
+    assert SimConfig(policy="least-loaded").describe()["chunk_size"] == 2048
+
+
 def test_vllm_preempts_when_kv_runs_out_and_still_finishes():
     c = SimConfig(policy="vllm", model="llama-30b", instances=1)  # MHA: ~62k KV tokens
     reqs = [Request(f"r{k}", 0.02 * k, 1000, 900) for k in range(80)]  # 80 x 1,900 tokens at full length

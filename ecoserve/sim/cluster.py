@@ -7,10 +7,15 @@ Policies (the ``--policy`` names of ``ecoserve simulate``):
 | ecoserve     | ``phased`` (temporal disaggregation) | ``make_router("ecoserve")``: OverallScheduler + macro instances (Algorithm 1, rolling activation) |
 | vllm         | ``vllm`` (prefill priority, separate batches) | ``LeastLoadedRouter`` (vLLM's own DP balancing) |
 | sarathi      | ``sarathi`` (chunked prefill, decode priority) | ``LeastLoadedRouter`` |
-| round-robin  | ``vllm`` | ``RoundRobinRouter`` |
-| least-loaded | ``vllm`` | ``LeastLoadedRouter`` |
+| round-robin  | ``sarathi`` at stock vLLM V1's budget (see ``stock_budget``) | ``RoundRobinRouter`` |
+| least-loaded | ``sarathi`` at stock vLLM V1's budget | ``LeastLoadedRouter`` |
 | distserve    | ``prefill`` + ``decode`` pools inside each node, KV over the node's link | ``FuDGDriver(scope="node")`` |
 | mooncake     | whole nodes as ``prefill`` or ``decode`` instances, KV over the network | ``FuDGDriver(scope="cluster")`` |
+
+``round-robin`` and ``least-loaded`` are what ``ecoserve serve --policy
+round-robin|least-loaded`` runs: stock vLLM V1 engines, whose scheduler puts
+prompt chunks into decode steps within ``max_num_batched_tokens``. ``vllm``
+stays the paper's baseline (prefill priority, separate batches).
 
 GPU budget: ``instances`` nodes, each using ``tp`` GPUs (the paper runs one
 instance per node). NoDG and EcoServe run one TP=``tp`` instance per node;
@@ -50,11 +55,11 @@ POLICIES = ("ecoserve", "vllm", "sarathi", "distserve", "mooncake", "round-robin
 PAPER_POLICIES = ("ecoserve", "vllm", "sarathi", "distserve", "mooncake")
 SARATHI_BUDGETS = (256, 512, 1024, 2048)
 
-_NODG = {
+_NODG = {  # policy: (engine behaviour, router); "stock" is sarathi at stock_budget
     "vllm": ("vllm", "least-loaded"),
     "sarathi": ("sarathi", "least-loaded"),
-    "round-robin": ("vllm", "round-robin"),
-    "least-loaded": ("vllm", "least-loaded"),
+    "round-robin": ("stock", "round-robin"),
+    "least-loaded": ("stock", "least-loaded"),
 }
 
 
@@ -142,6 +147,8 @@ class SimConfig:
                "instances": self.instances, "slo": {"ttft": self.slo_ttft, "tpot": self.slo_tpot}}
         if self.policy == "sarathi":
             out["chunk_size"] = self.chunk_size or sarathi_budget(self)
+        elif self.policy in ("round-robin", "least-loaded"):
+            out["chunk_size"] = self.chunk_size or stock_budget(self)
         if self.policy == "mooncake" and self.pd_ratio:
             out["pd_ratio"] = f"{self.pd_ratio[0]}:{self.pd_ratio[1]}"
         if self.policy == "distserve" and self.distserve_layout:
@@ -155,6 +162,21 @@ class SimConfig:
                 "cooldown_s": self.scale_cooldown_s, "scale_in_hold_s": self.scale_in_hold_s,
             }
         return out
+
+
+def stock_budget(cfg: SimConfig) -> int:
+    """vLLM V1's default ``max_num_batched_tokens`` for its API server
+    (``EngineArgs._set_default_args``, 0.32): 8192 on GPUs of 70 GB or more
+    except A100s, 16384 from 160 GB, 2048 elsewhere, CPUs included (a measured
+    profile: the real CPU engines report 2048)."""
+    if cfg.model not in MODELS:
+        return 2048
+    hw = HARDWARE[cfg.hardware]
+    if hw.mem_gb >= 160:
+        return 16384
+    if hw.mem_gb >= 70 and "a100" not in hw.gpu.lower():  # vLLM tests the device name
+        return 8192
+    return 2048
 
 
 def sarathi_budget(cfg: SimConfig) -> int:
@@ -251,6 +273,8 @@ def build(cfg: SimConfig) -> Cluster:
         budget = None
         if mode == "sarathi":
             budget = cfg.chunk_size or sarathi_budget(cfg)
+        elif mode == "stock":
+            mode, budget = "sarathi", cfg.chunk_size or stock_budget(cfg)
         engines = [
             SimEngine(sim, f"i{k}", model, mode, token_budget=budget, max_num_seqs=cfg.max_num_seqs, node=k)
             for k in range(cfg.instances)
