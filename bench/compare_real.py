@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import gzip
 import itertools
 import json
 import os
@@ -264,11 +265,37 @@ class Recorder:
         return obj
 
 
+def recorded(out: Path, label: str, wl: str, rate: float) -> dict | None:
+    """The run of an earlier measurement, from its raw file (None: not measured)."""
+    f = out / "raw" / f"{label}-{wl}-{rate:g}.json"
+    if not f.is_file():
+        return None
+    run = json.loads(f.read_text())["results"][0]["runs"][0]
+    steps = steps_path(out, label, wl, rate)
+    if steps.is_file():
+        run["engine_steps"] = len(read_steps(steps))
+    return run
+
+
+def steps_path(out: Path, label: str, wl: str, rate: float) -> Path:
+    # gzip: a run's step records are ~0.5 MB of JSON, a tenth of that compressed
+    return out / "raw" / f"{label}-{wl}-{rate:g}-steps.json.gz"
+
+
+def read_steps(path: Path) -> list[dict]:
+    with gzip.open(path, "rt") as f:
+        return json.load(f)
+
+
 def sweep(rec: Recorder, label: str, url: str, wl: str, path: Path, rates: list[float], slo: dict,
-          engines: list[str], capture: bool) -> dict:  # fmt: skip
-    """One `ecoserve bench sweep` per rate (so caches can be reset between runs)."""
+          engines: list[str], capture: bool, resume: bool = False) -> dict:  # fmt: skip
+    """One `ecoserve bench sweep` per rate (so caches can be reset between runs).
+    ``resume``: a rate already measured (its raw file exists) is read, not run."""
     runs = []
     for rate in rates:
+        if resume and (run := recorded(rec.out, label, wl, rate)) is not None:
+            runs.append(run)
+            continue
         reset_prefix_cache(engines)
         steps = StepCapture(engines) if capture else None
         cmd = [PY, "-m", "ecoserve.cli", "bench", "sweep", "--base-url", url, "--model", str(MODEL),
@@ -287,7 +314,8 @@ def sweep(rec: Recorder, label: str, url: str, wl: str, path: Path, rates: list[
         run["host_load_1min"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
         if steps is not None:
             recs = steps.stop()
-            (rec.out / "raw" / f"{label}-{wl}-{rate:g}-steps.json").write_text(json.dumps(recs) + "\n")
+            with gzip.open(steps_path(rec.out, label, wl, rate), "wt") as f:
+                json.dump(recs, f)
             run["engine_steps"] = len(recs)
         runs.append(run)
     return {"policy": label, "workload": wl, "runs": runs}
@@ -297,15 +325,7 @@ def earlier_runs(out: Path, workloads: dict, rates: dict) -> list[dict]:
     found = []
     for system in SYSTEMS:
         for wl in workloads:
-            runs = []
-            for rate in rates[wl]:
-                f = out / "raw" / f"{system}-{wl}-{rate:g}.json"
-                if f.is_file():
-                    run = json.loads(f.read_text())["results"][0]["runs"][0]
-                    steps = out / "raw" / f"{system}-{wl}-{rate:g}-steps.json"
-                    if steps.is_file():
-                        run["engine_steps"] = len(json.loads(steps.read_text()))
-                    runs.append(run)
+            runs = [run for rate in rates[wl] if (run := recorded(out, system, wl, rate)) is not None]
             if runs:
                 found.append({"policy": system, "workload": wl, "runs": runs})
     return found
@@ -337,7 +357,17 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: 20 requests, 2 rates, quick profile")
     ap.add_argument("--keep-others", action="store_true",
                     help="keep the results of systems not run now from an earlier OUT/results.json")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep OUT's earlier measurements and run only the (system, workload, rate) points "
+                         "not measured yet, e.g. to add rates")
+    ap.add_argument("--table-only", action="store_true",
+                    help="only rewrite OUT/RESULTS-table.md and the plots from OUT/results.json")
     a = ap.parse_args()
+    if a.table_only:
+        summary = json.loads((a.out / "results.json").read_text())
+        (a.out / "RESULTS-table.md").write_text(table(summary))
+        plot(summary, a.out)
+        return
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGINT, _exit_on_signal)
     out: Path = a.out
@@ -349,13 +379,13 @@ def main() -> None:
     rates = {"sharegpt-half": [float(x) for x in a.rates_sharegpt_half.split(",")],
              "azure-quarter": [float(x) for x in a.rates_azure_quarter.split(",")]}  # fmt: skip
     rec = Recorder(out)
-    with open(rec.cmds, "a" if a.keep_others else "w") as f:
+    with open(rec.cmds, "a" if a.keep_others or a.resume else "w") as f:
         f.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}  {shlex.join([PY, *sys.argv])}\n")
     if not (MODEL / "config.json").is_file():
         subprocess.run([PY, "-m", "ecoserve.cli", "make-model", str(MODEL), "--size", "small"], check=True)
     workloads = write_workloads(out, a.num_requests)
     logs = out / "logs"
-    if logs.exists() and not a.keep_others:
+    if logs.exists() and not (a.keep_others or a.resume):
         shutil.rmtree(logs)
     t_start = time.time()
     results: list[dict] = []
@@ -394,7 +424,8 @@ def main() -> None:
                 serve = _spawn(cmd, log)
                 _wait_healthy(url, serve, log, timeout=120)
                 print(f"{system} / {wl} ...", flush=True)
-                results.append(sweep(rec, system, url, wl, path, rates[wl], slos[wl], e_urls, capture=True))
+                results.append(sweep(rec, system, url, wl, path, rates[wl], slos[wl], e_urls, capture=True,
+                                     resume=a.resume))
                 _stop(serve, signal.SIGINT)
         for e in engines:
             _stop(e)
@@ -419,7 +450,8 @@ def main() -> None:
             _wait_healthy(url, proxy, logs / "disagg-proxy.log", timeout=60)
             for wl, path in workloads.items():
                 print(f"fudg-1p1d / {wl} ...", flush=True)
-                results.append(sweep(rec, "fudg-1p1d", url, wl, path, rates[wl], slos[wl], e_urls, capture=False))
+                results.append(sweep(rec, "fudg-1p1d", url, wl, path, rates[wl], slos[wl], e_urls, capture=False,
+                                     resume=a.resume))
                 kv_bytes = sum(f.stat().st_size for f in Path(kv_dir).rglob("*") if f.is_file())
                 print(f"  KV files written so far: {kv_bytes / 1e9:.2f} GB", flush=True)
             _stop(proxy)
@@ -433,6 +465,7 @@ def main() -> None:
         results = [r for r in earlier_runs(out, workloads, rates) if r["policy"] not in done] + results
     summary = summarize(results, slos, profile_path, time.time() - t_start, a)
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "RESULTS-table.md").write_text(table(summary))
     plot(summary, out)
     print(json.dumps(summary["goodput"], indent=1))
 
@@ -447,6 +480,30 @@ def summarize(results: list[dict], slos: dict, profile_path: Path, wall: float, 
     return {"profile": str(profile_path.relative_to(ROOT) if profile_path.is_relative_to(ROOT) else profile_path),
             "slos": slos, "num_requests": a.num_requests, "goodput": goodput, "results": results,
             "wall_seconds": round(wall, 1)}  # fmt: skip
+
+
+def table(summary: dict) -> str:
+    """Per workload: each system's goodput and, per rate, attainment and latency percentiles."""
+    out = []
+    for wl, by_policy in summary["goodput"].items():
+        s = summary["slos"][wl]
+        out += [f"### {wl} (SLO TTFT {s['slo_ttft']:g} s, TPOT {s['slo_tpot'] * 1e3:g} ms)", "",
+                "| system | P50 goodput (req/s) | P90 goodput (req/s) | rate | attainment | TTFT p50 / p90 / p99 (s) "
+                "| TPOT p50 / p90 / p99 (ms) | failed |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in (x for x in summary["results"] if x["workload"] == wl):
+            g = by_policy[r["policy"]]
+            rates = sorted(x["rate"] for x in r["runs"])
+            held = {lvl: all(x["attainment"] >= v for x in r["runs"]) for lvl, v in (("p50", 0.5), ("p90", 0.9))}
+            cell = {lvl: (f">= {rates[-1]:g}" if held[lvl] else f"{g[lvl]:.2f}" if g[lvl] > 0 else f"< {rates[0]:g}")
+                    for lvl in ("p50", "p90")}  # fmt: skip
+            for i, x in enumerate(sorted(r["runs"], key=lambda x: x["rate"])):
+                t, d = x["ttft"], x["tpot"]
+                head = f"| {r['policy']} | {cell['p50']} | {cell['p90']} |" if i == 0 else "| | | |"
+                out.append(f"{head} {x['rate']:g} | {x['attainment']:.2f} | {t['p50']:.2f} / {t['p90']:.2f} / "
+                           f"{t['p99']:.2f} | {d['p50'] * 1e3:.0f} / {d['p90'] * 1e3:.0f} / {d['p99'] * 1e3:.0f} | "
+                           f"{x.get('stats', {}).get('failed', 0)} |")  # fmt: skip
+        out.append("")
+    return "\n".join(out)
 
 
 def plot(summary: dict, out: Path) -> None:

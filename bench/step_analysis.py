@@ -22,10 +22,14 @@ import argparse
 import itertools
 import json
 import statistics
+import sys
 from pathlib import Path
 
 from ecoserve.sim.engine_model import ProfileModel
 from ecoserve.workload import EngineProfile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_real import read_steps, steps_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BUSY_GAP_S = 0.05  # a larger gap means the engine was idle, not overhead
@@ -92,17 +96,19 @@ def main() -> None:
     ap.add_argument("--calibrate", type=Path, default=None,
                     help="write a profile calibrated on the captured steps (of --from-workload's runs) here")
     ap.add_argument("--from-workload", default=None, help="calibrate on this workload's runs only")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="the profile to compare with and calibrate (default: the one the runs used)")
     a = ap.parse_args()
     res = json.loads(a.results.read_text())
     out_dir = a.results.parent
-    model = ProfileModel.load(ROOT / res["profile"])
+    model = ProfileModel.load(a.profile or ROOT / res["profile"])
     rows, pool = [], []
     for r in res["results"]:
         for run in r["runs"]:
-            f = out_dir / "raw" / f"{r['policy']}-{r['workload']}-{run['rate']:g}-steps.json"
+            f = steps_path(out_dir, r["policy"], r["workload"], run["rate"])
             if not f.is_file():
                 continue
-            steps = json.loads(f.read_text())
+            steps = read_steps(f)
             if a.from_workload in (None, r["workload"]):
                 pool += steps
             rows.append({"system": r["policy"], "workload": r["workload"], "rate": run["rate"],
