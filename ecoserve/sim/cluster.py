@@ -142,13 +142,20 @@ class SimConfig:
             raise ValueError("a measured profile fixes the instance size: DistServe's split needs a preset model")
         return ProfileModel.load(self.model)
 
+    def token_budget(self) -> int | None:
+        """Tokens per step of a chunked-prefill baseline's engines (None: not chunked)."""
+        mode = _NODG.get(self.policy, (None,))[0]
+        if mode == "sarathi":
+            return self.chunk_size or sarathi_budget(self)
+        if mode == "stock":
+            return self.chunk_size or stock_budget(self)
+        return None
+
     def describe(self) -> dict:
         out = {"policy": self.policy, "model": self.model, "hardware": self.hardware, "tp": self.tp_,
                "instances": self.instances, "slo": {"ttft": self.slo_ttft, "tpot": self.slo_tpot}}
-        if self.policy == "sarathi":
-            out["chunk_size"] = self.chunk_size or sarathi_budget(self)
-        elif self.policy in ("round-robin", "least-loaded"):
-            out["chunk_size"] = self.chunk_size or stock_budget(self)
+        if (budget := self.token_budget()) is not None:
+            out["chunk_size"] = budget
         if self.policy == "mooncake" and self.pd_ratio:
             out["pd_ratio"] = f"{self.pd_ratio[0]}:{self.pd_ratio[1]}"
         if self.policy == "distserve" and self.distserve_layout:
@@ -270,11 +277,9 @@ def build(cfg: SimConfig) -> Cluster:
         info = {"macro_instances": sizes}
     else:
         mode, rname = _NODG[cfg.policy]
-        budget = None
-        if mode == "sarathi":
-            budget = cfg.chunk_size or sarathi_budget(cfg)
-        elif mode == "stock":
-            mode, budget = "sarathi", cfg.chunk_size or stock_budget(cfg)
+        budget = cfg.token_budget()
+        if mode == "stock":
+            mode = "sarathi"
         engines = [
             SimEngine(sim, f"i{k}", model, mode, token_budget=budget, max_num_seqs=cfg.max_num_seqs, node=k)
             for k in range(cfg.instances)
