@@ -102,7 +102,7 @@ def main() -> None:
     p.add_argument(
         "--fake",
         action="store_true",
-        help="behind the coordinator, a stand-in engine (ecoserve.engine.fake, one token every 5 ms, one "
+        help="behind the coordinator, a stand-in engine (ecoserve.testing.fake_engine, one token every 5 ms, one "
         "write per token) instead of vLLM: less noise, so the relay's own cost shows",
     )
     p.add_argument("--json", action="store_true")
@@ -117,7 +117,7 @@ def main() -> None:
             [
                 sys.executable,
                 "-m",
-                "ecoserve.engine.fake",
+                "ecoserve.testing.fake_engine",
                 "--port",
                 str(fake_port),
                 "--no-phases",
@@ -132,7 +132,7 @@ def main() -> None:
         cmd = [
             sys.executable,
             "-m",
-            "ecoserve.serve_cli",
+            "ecoserve.cli.serve",
             "--engine-url",
             f"http://127.0.0.1:{fake_port}",
             "--policy",
@@ -151,7 +151,7 @@ def main() -> None:
         cmd = [
             sys.executable,
             "-m",
-            "ecoserve.serve_cli",
+            "ecoserve.cli.serve",
             "--model",
             model,
             "--engines",

@@ -58,7 +58,7 @@ class Server:
         self.out_path = log_dir / "serve.out"
         self._out = open(self.out_path, "wb")
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
-        cmd = [sys.executable, "-m", "ecoserve.serve_cli", "--model", model, "--port", str(self.port),
+        cmd = [sys.executable, "-m", "ecoserve.cli.serve", "--model", model, "--port", str(self.port),
                "--log-dir", str(log_dir), *serve_args, "--", *engine_args]  # fmt: skip
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._out, stderr=subprocess.STDOUT, process_group=0)
         self.model = ""

@@ -1,6 +1,6 @@
 """Proxy capacity: streamed tokens per second the coordinator forwards on one core.
 
-A fake engine (``ecoserve.engine.fake``) streams tokens as fast as it can;
+A fake engine (``ecoserve.testing.fake_engine``) streams tokens as fast as it can;
 ``ecoserve serve --engine-url`` relays them, pinned to ONE core; this script's
 client reads the streams (asking for ``include_usage`` like vLLM's own
 benchmark client, so the relay also strips per-chunk usage). The upstream and
@@ -96,11 +96,11 @@ def main() -> None:
 
     os.sched_setaffinity(0, {args.other_core})
     fake_port, proxy_port = free_port(), free_port()
-    fake = subprocess.Popen([sys.executable, "-m", "ecoserve.engine.fake", "--port", str(fake_port), "--no-phases",
+    fake = subprocess.Popen([sys.executable, "-m", "ecoserve.testing.fake_engine", "--port", str(fake_port), "--no-phases",
                              "--write-batch", str(args.write_batch)],
                             stdout=subprocess.DEVNULL, preexec_fn=lambda: os.sched_setaffinity(0, {args.other_core}))  # fmt: skip
     proxy = subprocess.Popen(
-        [sys.executable, "-m", "ecoserve.serve_cli", "--engine-url", f"http://127.0.0.1:{fake_port}",
+        [sys.executable, "-m", "ecoserve.cli.serve", "--engine-url", f"http://127.0.0.1:{fake_port}",
          "--port", str(proxy_port), "--policy", "round-robin", "--log-level", "warning"],
         stdout=subprocess.DEVNULL, preexec_fn=lambda: os.sched_setaffinity(0, {args.proxy_core}),
     )  # fmt: skip

@@ -12,7 +12,7 @@ def __getattr__(name: str):
     # Lazy: ``from ecoserve import Coordinator`` pulls in asyncio, aiohttp and
     # FastAPI only when asked for.
     if name == "Coordinator":
-        from ecoserve.coordinator import Coordinator
+        from ecoserve.live.coordinator import Coordinator
 
         return Coordinator
     raise AttributeError(f"module 'ecoserve' has no attribute {name!r}")

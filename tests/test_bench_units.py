@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from ecoserve.bench.loadgen import run_load
 from ecoserve.bench.prompts import PromptSynthesizer
 from ecoserve.cli import main
-from ecoserve.engine.fake import FakeEngine
+from ecoserve.testing.fake_engine import FakeEngine
 from ecoserve.workload.workload import Request
 
 

@@ -1,4 +1,4 @@
-"""The coordinator's plumbing, against stand-in engines (ecoserve.engine.fake).
+"""The coordinator's plumbing, against stand-in engines (ecoserve.testing.fake_engine).
 
 Fast and deterministic: routing actions carried out, phases commanded in
 order, token accounting, rejection and queueing, client disconnects, engine
@@ -20,8 +20,8 @@ import httpx
 import pytest
 import uvicorn
 
-from ecoserve.coordinator import Coordinator, RequestError
-from ecoserve.engine.fake import FakeEngine
+from ecoserve.live.coordinator import Coordinator, RequestError
+from ecoserve.testing.fake_engine import FakeEngine
 from ecoserve.server.app import create_app
 
 
@@ -151,7 +151,7 @@ async def test_client_disconnect_aborts_everywhere():
 async def test_dead_engine_requests_move_to_the_other_one():
     port = _free_port()
     slow = subprocess.Popen(
-        [sys.executable, "-m", "ecoserve.engine.fake", "--port", str(port), "--prefill-delay", "30"]
+        [sys.executable, "-m", "ecoserve.testing.fake_engine", "--port", str(port), "--prefill-delay", "30"]
     )
     try:
         async with fakes(1) as (a,):

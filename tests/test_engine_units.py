@@ -11,13 +11,13 @@ import time
 
 import pytest
 
-from ecoserve.engine.aggregate import ResponseBuilder
-from ecoserve.engine.chunks import StreamTally, strip_usage
+from ecoserve.openai.aggregate import ResponseBuilder
+from ecoserve.openai.chunks import StreamTally, strip_usage
 from ecoserve.engine.launcher import (
     EngineStartError, build_engines, check_engine_args, group_alive, stop_engines, wait_healthy,
 )  # fmt: skip
 from ecoserve.engine.resources import PlacementError, core_list, plan_engines, ranks_per_engine
-from ecoserve.engine.sse import SSESplitter
+from ecoserve.openai.sse import SSESplitter
 
 PY = sys.executable
 

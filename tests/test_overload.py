@@ -1,7 +1,7 @@
 """Sustained overload: `ecoserve serve` refuses what it cannot queue, and its memory stays flat.
 
 `ecoserve serve` runs as a subprocess, exactly as a user starts it, attached
-to a stand-in engine (ecoserve.engine.fake, another subprocess) that is
+to a stand-in engine (ecoserve.testing.fake_engine, another subprocess) that is
 deliberately slow and small: 8 KV blocks of 16 tokens hold about 12 requests
 of 10 tokens, each 8 tokens at 200 ms, so it completes ~7 requests/s. A
 client keeps CONCURRENCY requests open for thousands of requests, far above
@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ecoserve.coordinator import Observer
+from ecoserve.live.coordinator import Observer
 from ecoserve.server.retry_after import IDLE_ADVICE_S, RetryAdvisor
 
 MAX_PENDING = 32
@@ -41,7 +41,7 @@ RSS_GROWTH_BOUND = 4 << 20
 
 _FAKE = """
 import asyncio, sys
-from ecoserve.engine.fake import FakeEngine
+from ecoserve.testing.fake_engine import FakeEngine
 
 async def main():
     fake = FakeEngine(kv_blocks=8, block_size=16, token_interval=0.2, publish=False)
@@ -88,7 +88,7 @@ def overloaded_server(tmp_path_factory):
         procs.append(subprocess.Popen([sys.executable, "-c", _FAKE, str(engine_port)], start_new_session=True,
                                       stdout=open(log_dir / "fake.out", "wb"), stderr=subprocess.STDOUT))  # fmt: skip
         _wait_http(f"http://127.0.0.1:{engine_port}/health", procs[0], "the fake engine")
-        cmd = [sys.executable, "-m", "ecoserve.serve_cli", "--engine-url", f"http://127.0.0.1:{engine_port}",
+        cmd = [sys.executable, "-m", "ecoserve.cli.serve", "--engine-url", f"http://127.0.0.1:{engine_port}",
                "--port", str(port), "--max-pending", str(MAX_PENDING), "--log-level", "warning"]  # fmt: skip
         procs.append(subprocess.Popen(cmd, start_new_session=True, stdout=open(log_dir / "serve.out", "wb"),
                                       stderr=subprocess.STDOUT))  # fmt: skip

@@ -3,7 +3,7 @@
 The cluster is started the way a real one is (`ray start --head` in a
 subprocess, 2 CPUs, no dashboard) and reached by its address. One real vLLM
 CPU engine (tiny model) runs as a Ray actor behind a Coordinator; stand-in
-engines (``ecoserve.engine.fake``, real processes) cover the paths that do
+engines (``ecoserve.testing.fake_engine``, real processes) cover the paths that do
 not need vLLM: an actor killed under a live engine, no room, a failed start.
 """
 
@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from ecoserve.coordinator import Coordinator
+from ecoserve.live.coordinator import Coordinator
 from ecoserve.engine.launcher import group_alive
 from ecoserve.engine.launcher_api import EngineStartError
 from ecoserve.engine.ray_launcher import (
@@ -33,7 +33,7 @@ from ecoserve.engine.ray_launcher import (
 from ecoserve.engine.resources import PlacementError
 from ecoserve.engine.status_stream import StatusSubscriber
 
-FAKE = [sys.executable, "-m", "ecoserve.engine.fake", "--host", "{host}", "--port", "{port}", "--model", "{model}"]
+FAKE = [sys.executable, "-m", "ecoserve.testing.fake_engine", "--host", "{host}", "--port", "{port}", "--model", "{model}"]
 ENGINE_ARGS = ["--max-model-len", "512", "--enforce-eager", "--dtype", "bfloat16"]
 START_TIMEOUT_S = 300  # one engine on a shared 2-core machine
 
@@ -86,7 +86,7 @@ def test_the_launcher_refuses_flags_it_owns():
 def test_serve_ray_options(args, code, message):
     from click.testing import CliRunner
 
-    from ecoserve.serve_cli import serve
+    from ecoserve.cli.serve import serve
 
     result = CliRunner().invoke(serve, [*args, "--port", "0"])
     assert result.exit_code == code and message in result.output, result.output

@@ -1,5 +1,5 @@
 """Live scaling and engine replacement, with stand-in engines as real child
-processes (``python -m ecoserve.engine.fake`` started by the LocalLauncher).
+processes (``python -m ecoserve.testing.fake_engine`` started by the LocalLauncher).
 
 Fast plumbing checks of the coordinator's engine lifecycle: add, drain,
 remove, split, merge, the autoscaler following the mitosis planner, a dead
@@ -18,12 +18,12 @@ import httpx
 import pytest
 
 from ecoserve import coordinator as coordinator_module
-from ecoserve.coordinator import Coordinator
+from ecoserve.live.coordinator import Coordinator
 from ecoserve.engine.launcher import LocalLauncher, group_alive
 from ecoserve.policy import MitosisConfig
 from tests.test_coordinator_plumbing import served, wait_until
 
-FAKE = [sys.executable, "-m", "ecoserve.engine.fake", "--host", "{host}", "--port", "{port}", "--model", "{model}"]
+FAKE = [sys.executable, "-m", "ecoserve.testing.fake_engine", "--host", "{host}", "--port", "{port}", "--model", "{model}"]
 
 
 def fake_launcher(tmp_path, slots: int, *extra: str) -> LocalLauncher:
@@ -194,7 +194,7 @@ async def test_admin_endpoints(tmp_path):
 def test_serve_refuses_bad_scaling_options(args, message):
     from click.testing import CliRunner
 
-    from ecoserve.serve_cli import serve
+    from ecoserve.cli.serve import serve
 
     result = CliRunner().invoke(serve, ["--model", "hub/model-name", *args])  # refused before any engine starts
     assert result.exit_code == 2 and message in result.output, result.output

@@ -1,7 +1,7 @@
 """`ecoserve serve` with two real vLLM CPU engines (tiny model), driven by real clients.
 
 One server for the whole module, started in a subprocess exactly as a user
-would (`python -m ecoserve.serve_cli` is the `ecoserve serve` command), each
+would (`python -m ecoserve.cli.serve` is the `ecoserve serve` command), each
 engine pinned to one core. A low TTFT SLO (0.1 s) makes the EcoServe policy
 spread a burst over both engines (one prefill window holds only a few
 requests), so rolling activation is exercised. The last test sends SIGTERM
@@ -47,7 +47,7 @@ class Served:
         self._out = open(self.out_path, "wb")
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
         cmd = [
-            sys.executable, "-m", "ecoserve.serve_cli", "--model", str(model), "--engines", "2",
+            sys.executable, "-m", "ecoserve.cli.serve", "--model", str(model), "--engines", "2",
             "--port", str(self.port), "--slo-ttft", "0.1", "--slo-tpot", "0.1", "--log-dir", str(log_dir),
             "--", "--max-model-len", "512", "--enforce-eager", "--dtype", "bfloat16",
         ]  # fmt: skip

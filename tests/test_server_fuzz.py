@@ -7,7 +7,7 @@ status and words the message must contain. Part 2: hypothesis sends a few
 thousand generated bodies to /v1/completions and /v1/chat/completions; none
 may get a 5xx, every refusal must be OpenAI's error JSON, and /health must
 still answer afterwards. Everything runs in process (httpx.ASGITransport)
-against stand-in engines (ecoserve.engine.fake): no vLLM, no GPU.
+against stand-in engines (ecoserve.testing.fake_engine): no vLLM, no GPU.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ecoserve.coordinator import Coordinator
-from ecoserve.engine.fake import FakeEngine
+from ecoserve.live.coordinator import Coordinator
+from ecoserve.testing.fake_engine import FakeEngine
 from ecoserve.server.app import MAX_BODY_BYTES, create_app
 
 COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"

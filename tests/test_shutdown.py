@@ -6,7 +6,7 @@ SIGTERM: the streams must still get every token, a new request during the
 grace must get 503 (and /health 503), and the process must exit 0 with the
 engine's whole process group gone. The grace-expiry and second-signal cases
 only need the shutdown plumbing, so they run against a stand-in engine
-(ecoserve.engine.fake) that streams slowly.
+(ecoserve.testing.fake_engine) that streams slowly.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ LONG_TOKENS = 7000
 
 _FAKE = """
 import asyncio, sys
-from ecoserve.engine.fake import FakeEngine
+from ecoserve.testing.fake_engine import FakeEngine
 
 async def main():
     fake = FakeEngine(token_interval=0.05, publish=False)
@@ -58,7 +58,7 @@ class Serve:
         self.url = f"http://127.0.0.1:{self.port}"
         self.out_path = log_dir / "serve.out"
         self._out = open(self.out_path, "wb")
-        cmd = [sys.executable, "-m", "ecoserve.serve_cli", "--port", str(self.port), "--log-dir", str(log_dir), *args]
+        cmd = [sys.executable, "-m", "ecoserve.cli.serve", "--port", str(self.port), "--log-dir", str(log_dir), *args]
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
         self.log_dir = log_dir

@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from ecoserve.simulate_cli import simulate
+from ecoserve.cli.simulate import simulate
 
 FAST = ["--num-requests", "60", "--instances", "2"]
 

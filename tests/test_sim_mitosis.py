@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from ecoserve.policy import Routed
 from ecoserve.sim import SimConfig, build
 from ecoserve.sim.runner import simulate, step_requests
-from ecoserve.simulate_cli import simulate as simulate_cli
+from ecoserve.cli.simulate import simulate as simulate_cli
 from ecoserve.workload import WorkloadTemplate
 from ecoserve.workload.arrivals import (
     expected_arrivals,

@@ -6,9 +6,6 @@
 - ``launcher_api``: the launcher contract (``EngineLauncher``);
 - ``launcher`` + ``resources``: local vLLM engines as child processes, each
   on its own cores or GPUs, never orphaned (``LocalLauncher``);
-- ``sse``, ``chunks``, ``aggregate``: reading and reshaping streamed chunks;
-- ``tokens``: prompt token counts for the policy;
-- ``fake``: a stand-in engine for tests and benchmarks.
 """
 
 from ecoserve.engine.handle import EngineHandle, EngineUnreachable, UpstreamHTTPError, UpstreamStream

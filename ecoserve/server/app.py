@@ -28,13 +28,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from ecoserve import __version__
-from ecoserve.coordinator import CHAT, COMPLETIONS, Coordinator, RequestError
+from ecoserve.live.coordinator import CHAT, COMPLETIONS, Coordinator, RequestError
 from ecoserve.server import errors
 from ecoserve.server.admin import admin_router
 from ecoserve.server.metrics import CONTENT_TYPE, Metrics
 from ecoserve.server.relay import ClientGone, DisconnectWatcher, SSEResponse
 from ecoserve.server.retry_after import RetryAdvisor
-from ecoserve.server.schemas import ChatCompletionRequest, CompletionRequest, ErrorResponse, ModelCard, ModelList
+from ecoserve.openai.schemas import ChatCompletionRequest, CompletionRequest, ErrorResponse, ModelCard, ModelList
 
 _enc = msgspec.json.Encoder()
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 502, 503)}

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ecoserve.coordinator import RequestError
+from ecoserve.live.coordinator import RequestError
 
 log = logging.getLogger("ecoserve.server")
 

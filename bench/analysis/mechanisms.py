@@ -20,7 +20,7 @@ The simulator and the policy core are not modified: this wraps methods of the
 live objects (``SimEngine._begin``/``set_phase``, ``ConstraintChecker.check``,
 the router's ``submit``) to observe them.
 
-    .venv/bin/python bench/results/mechanisms.py [--models m,..] [--datasets d,..] [--rates 10,20]
+    .venv/bin/python bench/analysis/mechanisms.py [--models m,..] [--datasets d,..] [--rates 10,20]
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ decisions, phase switches and steps of its instance around its lifetime.
 In-process observers only; the policy and simulator are unchanged. Full-run
 workload (500 requests / 120 s, seed 0).
 
-    .venv/bin/python bench/results/trace_window.py codellama-34b longbench 2.48 min [k-th miss]
+    .venv/bin/python bench/analysis/trace_window.py codellama-34b longbench 2.48 min [k-th miss]
 """
 import sys
 from pathlib import Path

@@ -15,7 +15,7 @@ a window only if the earliest unstarted member could absorb the predicted
 prefill of every member routed after it plus the newcomer's, with the slack a
 request has right after its first token (one TPOT), less ``decode_margin_s``.
 
-    .venv/bin/python bench/results/patch_experiment.py --quick [--models ..] [--datasets ..]
+    .venv/bin/python bench/analysis/patch_experiment.py --quick [--models ..] [--datasets ..]
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ scans the whole range with full runs (no early stop) so the curve's shape can
 be seen: same workload template, seed and run length as the full reproduction
 (500 requests, 120 s), baselines in the configuration that won their P90 search.
 
-    .venv/bin/python bench/results/attainment_scan.py llama-30b alpaca 10,20,40,60,80,100
+    .venv/bin/python bench/analysis/attainment_scan.py llama-30b alpaca 10,20,40,60,80,100
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Reruns a policy at a given rate, burstiness and SLO with the observers of
 ``mechanisms.py`` (which SLO fails, queueing, windows, stalls); Sarathi in the
 token budget that won its cached full-run search. Output: one line per run.
 
-    .venv/bin/python bench/results/mechanisms_a800.py burst ecoserve:1.2:5:0.1:75.57 ...
+    .venv/bin/python bench/analysis/mechanisms_a800.py burst ecoserve:1.2:5:0.1:75.57 ...
     (exp policy:cv:ttft_slo:tpot_slo:rate ...)
 """
 

@@ -42,10 +42,10 @@ def make_model_cmd(path: str, size: str, seed: int, force: bool) -> None:
 
 
 def _register_subcommands() -> None:
-    from ecoserve.bench_cli import bench
-    from ecoserve.profile_cli import profile
-    from ecoserve.serve_cli import serve
-    from ecoserve.simulate_cli import simulate
+    from ecoserve.cli.bench import bench
+    from ecoserve.cli.profile import profile
+    from ecoserve.cli.serve import serve
+    from ecoserve.cli.simulate import simulate
 
     main.add_command(serve)
     main.add_command(simulate)

@@ -44,15 +44,16 @@ from typing import Any
 
 import msgspec
 
-from ecoserve.engine.aggregate import ResponseBuilder
-from ecoserve.engine.chunks import StreamTally
+from ecoserve.openai.aggregate import ResponseBuilder
+from ecoserve.openai.chunks import StreamTally
 from ecoserve.engine.handle import EngineHandle, EngineUnreachable, UpstreamHTTPError, UpstreamStream
 from ecoserve.engine.launcher import LocalLauncher
 from ecoserve.engine.launcher_api import EngineLauncher, LaunchedEngine
 from ecoserve.engine.resources import default_cpu_kv_gib
-from ecoserve.engine.sse import SSESplitter
+from ecoserve.openai.sse import SSESplitter
 from ecoserve.engine.status_stream import StatusSubscriber
-from ecoserve.engine.tokens import EngineTokenizer, LocalTokenizer, prompts_of
+from ecoserve.live.tokenizer import EngineTokenizer, LocalTokenizer
+from ecoserve.openai.prompts import prompts_of
 from ecoserve.policy import (
     POLICIES,
     SLO,
@@ -76,7 +77,7 @@ from ecoserve.policy import (
 )
 from ecoserve.protocol import EngineStatus
 
-log = logging.getLogger("ecoserve.coordinator")
+log = logging.getLogger("ecoserve.live.coordinator")
 
 # The prefill-time predictor's starting model before any engine step is seen:
 # 10 ms + 1 ms per prompt token. Deliberately pessimistic for small models (a

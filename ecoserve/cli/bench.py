@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from ecoserve.simulate_cli import _clean, _r, _workload_json
+from ecoserve.cli.simulate import _clean, _r, _workload_json
 
 
 def bench_options(f):
@@ -167,7 +167,7 @@ def run_cmd(rate, records_path, prompt_form, base_url, model, tokenizer, dataset
     out = _run_json(label, run, setup, prompt_form, time.perf_counter() - t0)
     _warn_failures(run)
     if records_path:
-        from ecoserve.simulate_cli import _write_records
+        from ecoserve.cli.simulate import _write_records
 
         _write_records(records_path, run.load.records)
     if as_json:

@@ -16,32 +16,12 @@ import logging
 from typing import Any
 
 from ecoserve.engine.handle import EngineHandle, EngineUnreachable, UpstreamHTTPError
+from ecoserve.openai.prompts import estimate, prompts_of
 
 log = logging.getLogger("ecoserve.engine")
 
 # Prompts longer than this are tokenized on a worker thread, not on the loop.
 INLINE_CHARS = 4096
-
-
-def estimate(kind: str, body: dict[str, Any]) -> list[int]:
-    if kind == "chat":
-        chars = sum(len(str(m.get("content") or "")) + 8 for m in body.get("messages") or [])
-        return [max(1, chars // 4)]
-    return [len(p) if isinstance(p, list) else max(1, len(p) // 4) for p in prompts_of(body)]
-
-
-def prompts_of(body: dict[str, Any]) -> list[str | list[int]]:
-    """A completion request's prompts: text, token ids, or a list of either."""
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        return [prompt]
-    if isinstance(prompt, list):
-        if not prompt:
-            return []
-        if all(isinstance(t, int) for t in prompt):
-            return [prompt]
-        return list(prompt)
-    return []
 
 
 class LocalTokenizer:

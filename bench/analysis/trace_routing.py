@@ -2,7 +2,7 @@
 gets its first request, and requests per instance in 20-s bins. Full-run
 workload (500 requests / 120 s, seed 0); the policy and simulator are unchanged.
 
-    .venv/bin/python bench/results/trace_routing.py llama-30b alpaca mean 18.3
+    .venv/bin/python bench/analysis/trace_routing.py llama-30b alpaca mean 18.3
 """
 import sys
 from pathlib import Path

@@ -275,7 +275,7 @@ def serve(model, engines, engine_urls, launcher_kind, ray_address, host, port, p
     if model and model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
         raise click.ClickException(f"model directory {model} does not exist "
                                    "(--generate-model tiny writes a random-weight test model there)")  # fmt: skip
-    from ecoserve.coordinator import DEFAULT_PREFILL_COEFFS, Coordinator
+    from ecoserve.live.coordinator import DEFAULT_PREFILL_COEFFS, Coordinator
 
     if profile_path:
         if prefill_coeffs:

@@ -8,8 +8,8 @@ pushes with prefill step records over ZeroMQ. It honours phases the way the
 plugin does: in ``decode`` nothing new starts, in ``prefill`` started requests
 pause. Every prompt word is a token, every output token is the text " tok".
 
-    python -m ecoserve.engine.fake --port 8100               # as fast as it can
-    python -m ecoserve.engine.fake --port 8100 --token-interval 0.01
+    python -m ecoserve.testing.fake_engine --port 8100               # as fast as it can
+    python -m ecoserve.testing.fake_engine --port 8100 --token-interval 0.01
 """
 
 from __future__ import annotations
@@ -272,7 +272,7 @@ class FakeEngine:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m ecoserve.engine.fake", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ecoserve.testing.fake_engine", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8100)
     p.add_argument("--model", default="fake-model")

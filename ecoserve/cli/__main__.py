@@ -1,0 +1,3 @@
+from ecoserve.cli import main
+
+main()
