@@ -5,7 +5,7 @@
     python bench/reproduce_paper.py --jobs 4        # cells in parallel processes
     python bench/reproduce_paper.py --only main --models codellama-34b --datasets sharegpt
 
-Experiments (ECOSERVE_PAPER.md, "Evaluation setup" and "Headline results"):
+Experiments (docs/PAPER.md, "Evaluation setup" and "Headline results"):
 
 1. ``main``: P90 goodput of EcoServe and the four baselines (vLLM, Sarathi,
    DistServe, Mooncake) for Llama-30B, CodeLlama2-34B and Qwen2-72B on
@@ -71,7 +71,7 @@ def code_fingerprint() -> str:
             h.update(f.read_bytes())
     return h.hexdigest()[:12]
 
-# What the paper reports (ECOSERVE_PAPER.md). Per-cell goodputs are not in our
+# What the paper reports (docs/PAPER.md, "Headline results"). Per-cell goodputs are not in our
 # summary of the paper, only these aggregates.
 PAPER = {
     "l20_p90_speedup": {"vllm": 1.96, "sarathi": 1.99, "distserve": 2.51, "mooncake": 2.40},

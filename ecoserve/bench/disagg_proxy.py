@@ -10,7 +10,7 @@ several engines of each kind, requests are spread round-robin.
 
 Both engines run with ``--kv-transfer-config '{"kv_connector":
 "ExampleConnector", "kv_role": "kv_both", "kv_connector_extra_config":
-{"shared_storage_path": DIR}}'`` (VLLM_NOTES.md). A baseline for
+{"shared_storage_path": DIR}}'`` (docs/ARCHITECTURE.md, "vLLM facts"). A baseline for
 benchmarks, not a product: no retries and no auth.
 """
 

@@ -1,7 +1,7 @@
 """Prompt and output length distributions.
 
 The paper's three datasets are modelled as synthetic distributions whose means
-match the published statistics (ECOSERVE_PAPER.md, "Evaluation setup"); the
+match the published statistics (docs/PAPER.md, "Evaluation setup"); the
 Azure trace (or any trace file) gives an empirical distribution.
 
 Shapes (our choice: the paper gives only means). Each length is an independent
@@ -142,7 +142,7 @@ DATASETS: dict[str, SyntheticLengths] = {
     ),
 }
 
-# (TTFT SLO, TPOT SLO) in seconds per dataset, from ECOSERVE_PAPER.md. Traces get
+# (TTFT SLO, TPOT SLO) in seconds per dataset, from docs/PAPER.md. Traces get
 # the ShareGPT pair (conversation traffic of similar prompt sizes) unless told.
 DATASET_SLOS: dict[str, tuple[float, float]] = {
     "alpaca": (1.0, 0.1),

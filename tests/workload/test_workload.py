@@ -131,12 +131,16 @@ def test_azure_csv_parsing(tmp_path):
     assert t.times == pytest.approx([0.0, 4.314579]) and t.prompts == [374, 396] and t.outputs == [44, 109]
 
 
-def test_the_azure_trace_matches_its_readme():
-    try:
-        path = default_azure_path()
-    except FileNotFoundError:
-        pytest.skip("Azure trace not present")
+def test_the_azure_trace_matches_its_readme(tmp_path):
+    import gzip
+
+    path = default_azure_path()  # shipped gzipped in the package (ecoserve/workload/data/)
     t = load_trace(path)
+    assert t.name == "azure_llm_conv_2023"
+    plain = tmp_path / "azure.csv"  # a user's PATH, plain or gzipped, reads the same
+    raw = path.read_bytes()
+    plain.write_bytes(gzip.decompress(raw) if path.suffix == ".gz" else raw)
+    assert load_trace(plain).times == t.times
     assert 19_000 < len(t) < 19_500
     assert sum(t.prompts) / len(t) == pytest.approx(1155, rel=0.01)
     assert sum(t.outputs) / len(t) == pytest.approx(211, rel=0.01)
