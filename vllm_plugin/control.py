@@ -18,7 +18,8 @@ import logging
 
 import msgspec
 
-from ecoserve.protocol import EngineAddresses, EngineStatus, ErrorReply, SetPhase, decode_command, encode
+from ecoserve.protocol import EngineAddresses, EngineStatus, ErrorReply, PhaseCommand, decode_command, encode
+from vllm_plugin import SCHEDULER_CLS
 from vllm_plugin.channel import ZmqChannel
 from vllm_plugin.lease import PhaseLease
 
@@ -50,7 +51,7 @@ class Controller:
         except (msgspec.DecodeError, TypeError) as e:
             return encode(ErrorReply(error=f"rejected command: {e}"))
         try:
-            if isinstance(command, SetPhase):
+            if isinstance(command, PhaseCommand):
                 self._scheduler.eco_set_phase(command.phase)
                 self.lease.grant(command.lease_s)
             return encode(self._scheduler.eco_status(recent=True))
@@ -93,8 +94,7 @@ def _ecoserve_command(self, raw: bytes) -> bytes:
     if control is None:
         return encode(
             ErrorReply(
-                error="this engine does not run the EcoServe scheduler; start vLLM with "
-                "--scheduler-cls vllm_plugin.scheduler.EcoServeScheduler"
+                error=f"this engine does not run the EcoServe scheduler; start vLLM with --scheduler-cls {SCHEDULER_CLS}"
             )
         )
     return control.handle(raw)

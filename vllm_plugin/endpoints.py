@@ -3,7 +3,7 @@
 - ``GET  /ecoserve/status``  -> the engine's fresh status (EngineStatus JSON),
   including the ZeroMQ addresses to subscribe to / send commands to.
 - ``POST /ecoserve/phase``   body ``{"phase": "prefill"}`` (optionally with
-  ``"lease_s": SECONDS``, see ``SetPhase``) -> fresh status.
+  ``"lease_s": SECONDS``, see ``PhaseCommand``) -> fresh status.
 - ``POST /ecoserve/command`` body: any protocol Command -> reply.
 Each is one EngineCore utility call: it runs on the engine thread between
 steps and wakes an idle engine. Errors come back as ErrorReply JSON (400 for a
@@ -25,7 +25,8 @@ import msgspec
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import Response
 
-from ecoserve.protocol import ErrorReply, GetStatus, Phase, SetPhase, decode_reply, encode
+from ecoserve.protocol import EnginePhase, ErrorReply, GetStatus, PhaseCommand, decode_reply, encode
+from vllm_plugin import SCHEDULER_CLS
 from vllm_plugin.channel import MAX_COMMAND_BYTES
 from vllm_plugin.control import UTILITY_METHOD
 
@@ -34,8 +35,8 @@ _KEYS_KEY = "ecoserve_api_key_hashes"
 
 
 class _PhaseBody(msgspec.Struct, forbid_unknown_fields=True):
-    phase: Phase
-    lease_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] | None = None  # see SetPhase
+    phase: EnginePhase
+    lease_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] | None = None  # see PhaseCommand
 
 
 _phase_body = msgspec.json.Decoder(_PhaseBody)
@@ -55,8 +56,7 @@ async def _engine_call(request: Request, payload: bytes) -> Response:
         return _json(
             encode(
                 ErrorReply(
-                    error=f"engine call failed ({e}); is vLLM running with "
-                    "--scheduler-cls vllm_plugin.scheduler.EcoServeScheduler?"
+                    error=f"engine call failed ({e}); is vLLM running with --scheduler-cls {SCHEDULER_CLS}?"
                 )
             ),
             503,
@@ -116,7 +116,7 @@ async def set_phase(request: Request) -> Response:
         body = _phase_body.decode(raw)
     except msgspec.DecodeError as e:
         return _json(encode(ErrorReply(error=f"rejected command: {e}")), 400)
-    return await _engine_call(request, encode(SetPhase(phase=body.phase, lease_s=body.lease_s)))
+    return await _engine_call(request, encode(PhaseCommand(phase=body.phase, lease_s=body.lease_s)))
 
 
 @router.post("/command")

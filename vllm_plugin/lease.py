@@ -3,7 +3,7 @@
 A coordinator holds engines in ``prefill`` or ``decode``; an engine it
 attached to outlives it. If the coordinator dies without handing the engine
 back, the engine would stay in, say, ``decode`` for good, admitting nothing.
-A ``SetPhase`` may carry ``lease_s``: unless another phase command arrives
+A ``PhaseCommand`` may carry ``lease_s``: unless another phase command arrives
 within that many seconds, the engine falls back to its startup phase
 (``ECOSERVE_PHASE``). A command without ``lease_s`` holds until the next one,
 as before.

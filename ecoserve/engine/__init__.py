@@ -4,19 +4,23 @@
   status, tokenize);
 - ``status_stream``: its ZeroMQ status pushes;
 - ``launcher_api``: the launcher contract (``EngineLauncher``);
+- ``process``: one engine process, started and stopped the same way by every
+  launcher and benchmark, never orphaned (``EngineProcess``);
 - ``launcher`` + ``resources``: local vLLM engines as child processes, each
-  on its own cores or GPUs, never orphaned (``LocalLauncher``);
+  on its own cores or GPUs (``LocalLauncher``);
 """
 
 from ecoserve.engine.handle import EngineHandle, EngineUnreachable, UpstreamHTTPError, UpstreamStream
 from ecoserve.engine.launcher import LocalEngine, LocalLauncher, build_engines, stop_engines
 from ecoserve.engine.launcher_api import EngineLauncher, EngineStartError, LaunchedEngine, wait_healthy
+from ecoserve.engine.process import EngineProcess
 from ecoserve.engine.resources import EngineSlot, PlacementError, plan_engines
 from ecoserve.engine.status_stream import StatusSubscriber
 
 __all__ = [
     "EngineHandle",
     "EngineLauncher",
+    "EngineProcess",
     "EngineSlot",
     "EngineStartError",
     "EngineUnreachable",

@@ -25,7 +25,21 @@ class EngineStartError(RuntimeError):
     """An engine exited or stayed unhealthy while starting; the message holds its log tail."""
 
 
-class LaunchedEngine(Protocol):
+class Logged(Protocol):
+    """Anything with a log (an engine, a process)."""
+
+    @property
+    def log_path(self) -> Path | None: ...  # where its log is, on the machine it runs on
+
+    def log_tail(self, lines: int = 40) -> str: ...
+
+
+def start_error(who: str, what: str, engine: Logged) -> EngineStartError:
+    """``who what``, and the last lines of the engine's log."""
+    return EngineStartError(f"{who} {what}. Last lines of {engine.log_path}:\n{engine.log_tail()}")
+
+
+class LaunchedEngine(Logged, Protocol):
     """One started engine, as the coordinator sees it."""
 
     id: str  # unique over the coordinator's life: a replacement gets a new id
@@ -36,13 +50,8 @@ class LaunchedEngine(Protocol):
     @property
     def pid(self) -> int | None: ...  # None where the process is not on this machine
 
-    @property
-    def log_path(self) -> Path | None: ...  # where its log is, on the machine it runs on
-
     def exit_code(self) -> int | None:
         """None while it runs. Must not block (the coordinator calls it on its event loop)."""
-
-    def log_tail(self, lines: int = 40) -> str: ...
 
 
 class EngineLauncher(ABC):
@@ -83,10 +92,7 @@ async def wait_healthy(engines: Sequence[LaunchedEngine], timeout: float) -> Non
             for e in list(pending):
                 code = e.exit_code()
                 if code is not None:
-                    raise EngineStartError(
-                        f"{e.id} ({e.url}) exited with code {code} while starting. "
-                        f"Last lines of {e.log_path}:\n{e.log_tail()}"
-                    )
+                    raise start_error(f"{e.id} ({e.url})", f"exited with code {code} while starting", e)
                 try:
                     async with http.get(e.url + "/health") as r:
                         if r.status == 200:
@@ -97,8 +103,5 @@ async def wait_healthy(engines: Sequence[LaunchedEngine], timeout: float) -> Non
                 return
             if time.monotonic() > deadline:
                 e = pending[0]
-                raise EngineStartError(
-                    f"{e.id} ({e.url}) was not healthy after {timeout:.0f} s. "
-                    f"Last lines of {e.log_path}:\n{e.log_tail()}"
-                )
+                raise start_error(f"{e.id} ({e.url})", f"was not healthy after {timeout:.0f} s", e)
             await asyncio.sleep(0.5)

@@ -2,18 +2,20 @@
 
 Each engine is an ``EngineActor`` holding the engine's devices in Ray's
 accounting (TP x PP GPUs on GPU nodes; cores on CPU nodes). The actor starts
-the same vLLM API server with the EcoServe plugin as the local launcher does,
-as a child process on its node, listening on all interfaces and advertising
-the node's IP (HTTP and the plugin's ZeroMQ sockets); the coordinator then
-reaches it over the network like any attached engine.
+the same vLLM API server with the EcoServe plugin as the local launcher does
+(``process.EngineProcess``), as a child process on its node, listening on all
+interfaces and advertising the node's IP (HTTP and the plugin's ZeroMQ
+sockets); the coordinator then reaches it over the network like any attached
+engine.
 
 No orphans on a node:
 - the vLLM server runs in its own process group; ``stop`` (SIGTERM, grace,
   SIGKILL of the group) runs on the node, inside the actor;
 - the server is forked by a thread of the actor that lives as long as the
-  server does, with PR_SET_PDEATHSIG: if the actor process dies (killed, its
-  raylet gone, its owner, the coordinator, gone: Ray fate-shares owned actors)
-  the kernel sends the server SIGTERM, which stops its own children.
+  server does (``start(keeper=True)``), with PR_SET_PDEATHSIG: if the actor
+  process dies (killed, its raylet gone, its owner, the coordinator, gone: Ray
+  fate-shares owned actors) the kernel sends the server SIGTERM, which stops
+  its own children.
 
 Nothing here imports Ray at module level: users without Ray are unaffected.
 What we send through Ray are plain values and msgspec-encoded specs; Ray's
@@ -29,8 +31,6 @@ import os
 import secrets
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -41,7 +41,10 @@ from typing import Any
 import msgspec
 
 from ecoserve.engine.launcher_api import EngineLauncher, EngineStartError, LaunchedEngine, wait_healthy
-from ecoserve.engine.resources import PlacementError, default_cpu_kv_gib, ranks_per_engine
+from ecoserve.engine.process import (
+    STOP_GRACE_S, EngineProcess, check_engine_args, engine_env, free_port, vllm_command,
+)  # fmt: skip
+from ecoserve.engine.resources import PlacementError, claim_cores, core_list, ranks_per_engine
 
 log = logging.getLogger("ecoserve.ray")
 
@@ -49,12 +52,10 @@ __all__ = ["RayEngine", "RayLauncher", "RayUnavailableError", "engine_resources"
 
 RAY_MISSING = "the Ray launcher needs Ray on this machine and every node: pip install 'ecoserve[ray]'"
 CONNECT_TIMEOUT_S = 5.0
-STOP_GRACE_S = 15.0
 ACTOR_LOST = -1  # exit_code() of an engine whose actor (or node) died
 # Coordinator environment worth forwarding to engines on other machines; the
 # rest of its environment (paths, CUDA_VISIBLE_DEVICES) belongs to its node.
 _FORWARD_PREFIXES = ("VLLM_", "ECOSERVE_ZMQ_SECRET", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
-_CORE_LOCKS = Path(tempfile.gettempdir()) / f"ecoserve-cores-{os.getuid() if hasattr(os, 'getuid') else 0}"
 
 
 class RayUnavailableError(RuntimeError):
@@ -129,37 +130,6 @@ class EngineInfo(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     placement: str  # cores or GPUs, for logs
 
 
-def _claim_cores(count: int) -> tuple[list[int], list[Any], bool]:
-    """Cores for one engine on this node, held with a lock file each (the
-    locks go when the actor dies): engines sharing a node get their own cores
-    even though Ray counts CPUs, not which. When too few are free, shares."""
-    import fcntl
-
-    from ecoserve.engine.resources import available_cores
-
-    cores = available_cores()
-    _CORE_LOCKS.mkdir(parents=True, exist_ok=True)
-    mine: list[int] = []
-    held: list[Any] = []
-    for c in cores:
-        if len(mine) == count:
-            break
-        f = open(_CORE_LOCKS / f"core-{c}.lock", "a")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.close()
-            continue
-        mine.append(c)
-        held.append(f)
-    shared = len(mine) < count
-    k = 0
-    while len(mine) < count:  # share what there is, least recently taken first
-        mine.append(cores[k % len(cores)])
-        k += 1
-    return mine, held, shared
-
-
 class EngineActor:
     """One engine on one node (a Ray actor; ``RayLauncher`` decorates it).
     Threaded (max_concurrency > 1): ``wait_exit`` blocks while ``log_tail``
@@ -168,126 +138,60 @@ class EngineActor:
     def __init__(self, spec_bytes: bytes) -> None:
         import ray
 
-        from ecoserve.engine.launcher import (
-            SCHEDULER_CLS, _die_with_parent, _plugins_env, check_engine_args, free_port,
-        )  # fmt: skip
-        from ecoserve.engine.resources import core_list
-
         spec = msgspec.json.decode(spec_bytes, type=EngineSpec, strict=True)
         check_engine_args(spec.engine_args)
         self.spec = spec
         node_ip = ray.util.get_node_ip_address()
-        env = dict(os.environ)
-        env.update(spec.env)
-        env["VLLM_PLUGINS"] = _plugins_env(env.get("VLLM_PLUGINS"))
-        env["ECOSERVE_ENGINE_ID"] = spec.engine_id
-        env["ECOSERVE_PHASE"] = spec.initial_phase
-        env["ECOSERVE_ZMQ_HOST"] = "0.0.0.0"  # the coordinator is on another machine
-        env["ECOSERVE_ZMQ_ADVERTISE_HOST"] = node_ip
+        ncores = spec.cpu_ranks * spec.cpus_per_rank
+        zmq = {"ECOSERVE_ZMQ_HOST": "0.0.0.0", "ECOSERVE_ZMQ_ADVERTISE_HOST": node_ip}  # the coordinator is elsewhere
+        env = engine_env(
+            spec.env, zmq, engine_id=spec.engine_id, initial_phase=spec.initial_phase,
+            cpu_kv_share=(os.cpu_count() or 1) // ncores if ncores else None,
+        )  # fmt: skip
         self._locks: list[Any] = []
         if spec.cpu_ranks:
             if "VLLM_CPU_OMP_THREADS_BIND" in env:
                 placement = f"cores {env['VLLM_CPU_OMP_THREADS_BIND']} (given)"
             else:
-                cores, self._locks, shared = _claim_cores(spec.cpu_ranks * spec.cpus_per_rank)
+                # Ray counts CPUs, not which: the locks (held until the actor dies) say which
+                cores, self._locks, shared = claim_cores(ncores)
                 per = spec.cpus_per_rank
                 env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(
                     core_list(cores[r * per : (r + 1) * per]) for r in range(spec.cpu_ranks)
                 )
                 placement = f"cores {env['VLLM_CPU_OMP_THREADS_BIND']}" + (" (shared)" if shared else "")
-            if "VLLM_CPU_KVCACHE_SPACE" not in env:  # vLLM's default takes 90% of the node's memory
-                fit = (os.cpu_count() or 1) // (spec.cpu_ranks * spec.cpus_per_rank)
-                env["VLLM_CPU_KVCACHE_SPACE"] = str(default_cpu_kv_gib(fit))
         else:
             placement = f"GPU {env.get('CUDA_VISIBLE_DEVICES', '?')}"  # set by Ray to the actor's GPUs
         port = free_port("0.0.0.0")
-        if spec.base_cmd is None:
-            cmd = [
-                sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-                "--model", spec.model, "--host", "0.0.0.0", "--port", str(port),
-                "--scheduler-cls", SCHEDULER_CLS, *spec.engine_args,
-            ]  # fmt: skip
-        else:
-            cmd = [a.format(port=port, host="0.0.0.0", model=spec.model) for a in spec.base_cmd]
+        cmd = vllm_command(spec.model, port, spec.engine_args, host="0.0.0.0", base_cmd=spec.base_cmd)
         log_path = Path(spec.log_dir) / f"{spec.engine_id}.log"
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError:  # the coordinator's path may not exist on this node
             log_path = Path(tempfile.gettempdir()) / "ecoserve-logs" / log_path.name
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_path
-        self._exited = threading.Event()
-        self._code: int | None = None
-        started: list[subprocess.Popen[bytes] | BaseException] = []
-        ready = threading.Event()
-
-        def keeper() -> None:
-            # Forks the server and lives as long as it: PR_SET_PDEATHSIG fires
-            # when the forking *thread* ends, so it must be this one.
-            try:
-                with open(log_path, "ab") as out:
-                    out.write(f"# ecoserve on {node_ip} ({placement}): {' '.join(cmd)}\n".encode())
-                    out.flush()
-                    parent = os.getpid()
-                    proc = subprocess.Popen(
-                        cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                        # Own group, same session (one autogroup): see launcher.LocalEngine.start.
-                        process_group=0, preexec_fn=lambda: _die_with_parent(parent),
-                    )  # fmt: skip
-            except BaseException as e:
-                started.append(e)
-                ready.set()
-                self._exited.set()
-                return
-            started.append(proc)
-            ready.set()
-            self._code = proc.wait()
-            self._exited.set()
-
-        threading.Thread(target=keeper, name="ecoserve-engine-keeper", daemon=True).start()
-        ready.wait()
-        if isinstance(started[0], BaseException):
-            raise RuntimeError(f"cannot start the engine on {node_ip}: {started[0]}") from started[0]
-        self.proc: subprocess.Popen[bytes] = started[0]
-        self.info_bytes = msgspec.json.encode(EngineInfo(node_ip, port, self.proc.pid, str(log_path), placement))
+        self.engine = EngineProcess(cmd, env, log_path, header=f"ecoserve on {node_ip} ({placement})")
+        try:
+            self.engine.start(keeper=True)  # a thread as long-lived as the server: see the module doc
+        except Exception as e:
+            raise RuntimeError(f"cannot start the engine on {node_ip}: {e}") from e
+        assert self.engine.pid is not None
+        self.info_bytes = msgspec.json.encode(EngineInfo(node_ip, port, self.engine.pid, str(log_path), placement))
 
     def info(self) -> bytes:
         return self.info_bytes
 
     def wait_exit(self) -> int:
         """Returns the server's exit code once it exits."""
-        self._exited.wait()
-        return self._code if self._code is not None else ACTOR_LOST
+        code = self.engine.wait_exit()
+        return code if code is not None else ACTOR_LOST
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError as e:
-            return f"(cannot read {self.log_path}: {e})"
+        return self.engine.log_tail(lines)
 
     def stop(self, grace: float) -> int | None:
         """SIGTERM the server's group, wait up to ``grace`` s for the whole
         group, then SIGKILL it. Returns the exit code."""
-        from ecoserve.engine.launcher import group_alive
-
-        pgid = self.proc.pid
-        self._signal(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self._signal(pgid, signal.SIGKILL)
-        deadline = time.monotonic() + 5.0
-        while group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self._exited.wait(5.0)
-        return self._code
-
-    @staticmethod
-    def _signal(pgid: int, sig: int) -> None:
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        return self.engine.stop(grace)
 
 
 # ---- on the coordinator ---------------------------------------------------------------
@@ -420,8 +324,6 @@ class RayLauncher(EngineLauncher):
         base_cmd: Sequence[str] | None = None,
         init_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        from ecoserve.engine.launcher import check_engine_args
-
         check_engine_args(engine_args)
         ranks_per_engine(engine_args)  # bad sizes fail here, before Ray starts
         ray = _import_ray()

@@ -5,14 +5,21 @@ its TP x PP ranks) is pinned to its own cores with VLLM_CPU_OMP_THREADS_BIND
 (``|`` separates the ranks' core lists); on GPU each gets its own devices with
 CUDA_VISIBLE_DEVICES. The machine's cores (those this process may run on)
 are split evenly; when there are more ranks than cores, cores are shared
-round-robin and the plan says so.
+round-robin and the plan says so. Engines that other processes start on one
+machine (Ray actors on a node) claim their cores with lock files instead
+(``claim_cores``).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+_CORE_LOCKS = Path(tempfile.gettempdir()) / f"ecoserve-cores-{os.getuid() if hasattr(os, 'getuid') else 0}"
 
 
 class PlacementError(ValueError):
@@ -92,6 +99,36 @@ def core_list(cores: Sequence[int]) -> str:
     if run:
         parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
     return ",".join(parts)
+
+
+def claim_cores(count: int) -> tuple[list[int], list[IO[str]], bool]:
+    """Cores for one engine on this machine, held with a lock file each while
+    the returned files stay open (they close when the process dies): engines
+    started by separate processes get their own cores. When too few are free,
+    shares (and says so)."""
+    import fcntl
+
+    cores = available_cores()
+    _CORE_LOCKS.mkdir(parents=True, exist_ok=True)
+    mine: list[int] = []
+    held: list[IO[str]] = []
+    for c in cores:
+        if len(mine) == count:
+            break
+        f = open(_CORE_LOCKS / f"core-{c}.lock", "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        mine.append(c)
+        held.append(f)
+    shared = len(mine) < count
+    k = 0
+    while len(mine) < count:  # share what there is, least recently taken first
+        mine.append(cores[k % len(cores)])
+        k += 1
+    return mine, held, shared
 
 
 def plan_engines(
