@@ -3,7 +3,7 @@
     python bench/mitosis_sim.py                      # writes bench/results/mitosis/
     python bench/mitosis_sim.py --out /tmp/mitosis --seed 1
 
-Setup (ECOSERVE_PAPER.md, "Mitosis run"): ShareGPT-like lengths, CodeLlama2-34B
+Setup (docs/PAPER.md, "Mitosis run"): ShareGPT-like lengths, CodeLlama2-34B
 on L20 at TP=4, Poisson arrivals whose rate steps 20 -> 30 -> 40 -> 50 req/s
 every 2 minutes, macro instances within N_l = 6 and N_u = 11, starting from the
 paper's 8 instances, at most 16 (the paper's 8 nodes x 8 L20 at TP=4). The
@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ecoserve.cli.options import json_clean  # noqa: E402
 from ecoserve.sim import MODELS, SimConfig  # noqa: E402
 from ecoserve.sim.plot import plot_timeline  # noqa: E402
 from ecoserve.sim.runner import simulate, step_requests  # noqa: E402
@@ -149,21 +150,11 @@ def main(argv=None) -> int:
         sens.append({k: r[k] for k in ("name", "attainment", "finished", "requests", "autoscale", "per_step",
                                        "split_dips")} | {"launch_delay_s": delay, "cooldown_s": cool})
     out = {"runs": results, "sensitivity": sens, "seed": args.seed, "wall_s": round(time.perf_counter() - t0, 1)}
-    (args.out / "mitosis.json").write_text(json.dumps(_clean(out), indent=1))
+    (args.out / "mitosis.json").write_text(json.dumps(json_clean(out), indent=1))
     (args.out / "MITOSIS.md").write_text(report(out, args))
     print(f"[mitosis] wrote {args.out}/MITOSIS.md, mitosis.json, ramp_up.png, ramp_down.png "
           f"in {out['wall_s']} s", file=sys.stderr)
     return 0
-
-
-def _clean(x):
-    if isinstance(x, float):
-        return None if (math.isnan(x) or math.isinf(x)) else x
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
 
 
 def _pct(x):

@@ -1,7 +1,7 @@
 """SLO metrics shared by the simulator and the real-engine benchmark.
 
 - TTFT: arrival -> first token, including any wait in a pending queue or for a
-  phase switch (ECOSERVE_PAPER.md: "Reported TTFT includes the wait").
+  phase switch (docs/PAPER.md: "Reported TTFT includes the wait").
 - TPOT: ``(e2e - ttft) / (output_tokens - 1)``, the mean gap between output
   tokens after the first; a one-token request has TPOT 0.
 - A request *meets the SLOs* when it finished, TTFT <= TTFT SLO and TPOT <=
@@ -49,16 +49,22 @@ class RequestRecord:
 
     @property
     def tpot(self) -> float | None:
-        if not self.finished:
-            return None
-        if self.output_tokens <= 1:
-            return 0.0
-        return (self.finish - self.first_token) / (self.output_tokens - 1)
+        return tpot_of(self.first_token, self.finish, self.output_tokens) if self.finished else None
 
     def meets(self, ttft_slo: float, tpot_slo: float) -> bool:
         if not self.finished:
             return False
-        return self.ttft <= ttft_slo and self.tpot <= tpot_slo
+        tpot = self.tpot
+        return self.ttft <= ttft_slo and (tpot is None or tpot <= tpot_slo)
+
+
+def tpot_of(first_token: float | None, finish: float, output_tokens: int) -> float | None:
+    """Mean seconds per output token after the first; None without a first
+    token or a second one (a 1-token request has no TPOT, and so meets any
+    TPOT SLO). The live coordinator, the benchmark and the simulator all use it."""
+    if first_token is None or output_tokens <= 1:
+        return None
+    return (finish - first_token) / (output_tokens - 1)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -94,13 +100,13 @@ def summarize(records: Sequence[RequestRecord], ttft_slo: float, tpot_slo: float
     """Attainment and latency percentiles of a run (JSON-ready).
 
     TTFT/TPOT percentiles are over the requests that have the value (finished
-    ones for TPOT); ``finished`` and ``failed`` say how many that is.
+    ones of two tokens or more for TPOT); ``finished`` says how many finished.
     """
     ttfts = [r.ttft for r in records if r.ttft is not None]
     tpots = [r.tpot for r in records if r.tpot is not None]
     n = len(records)
     met_ttft = sum(1 for r in records if r.ttft is not None and r.ttft <= ttft_slo)
-    met_tpot = sum(1 for r in records if r.tpot is not None and r.tpot <= tpot_slo)
+    met_tpot = sum(1 for r in records if r.finished and (r.tpot is None or r.tpot <= tpot_slo))
     return {
         "num_requests": n,
         "finished": sum(1 for r in records if r.finished),

@@ -7,13 +7,18 @@ is ever unpickled. JSON rather than msgpack so the very same bytes serve the
 ZeroMQ channel and the HTTP routes (``GET /ecoserve/status``).
 
 Wire summary
-- Commands (coordinator -> engine): ``SetPhase`` or ``GetStatus``, tagged by a
+- Commands (coordinator -> engine): ``PhaseCommand`` or ``GetStatus``, tagged by a
   ``"type"`` field, e.g. ``{"type": "set_phase", "phase": "decode"}`` (optionally
   with ``"lease_s": 30``).
 - Replies (engine -> coordinator): an ``EngineStatus`` (the fresh status, taken
   after the command was applied) or an ``ErrorReply``.
 - Pushes (engine -> subscribers, ZeroMQ PUB): one ``EngineStatus`` after every
   engine step while busy, and after every phase change.
+
+The wire's types are named apart from the policy's: ``EnginePhase`` and
+``PhaseCommand`` here, ``policy.Phase`` and the ``policy.SetPhase`` action
+there. The policy's decision is not the wire message (an engine has phases,
+``temporal``, that no policy decision names).
 
 Base dependencies only (msgspec): the policy core and the simulator import this.
 """
@@ -28,7 +33,7 @@ import msgspec
 # prefill:  admit and prefill; running decodes pause and keep their KV cache.
 # decode:   admit nothing; running requests decode.
 # mixed:    stock vLLM scheduling (baselines).
-Phase = Literal["temporal", "prefill", "decode", "mixed"]
+EnginePhase = Literal["temporal", "prefill", "decode", "mixed"]
 PHASES: tuple[str, ...] = ("temporal", "prefill", "decode", "mixed")
 
 # What the engine's batches currently contain (in every phase).
@@ -37,7 +42,7 @@ Activity = Literal["idle", "prefill", "decode", "mixed"]
 StepKind = Literal["prefill", "decode", "mixed", "empty"]
 
 
-class SetPhase(msgspec.Struct, tag="set_phase", tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
+class PhaseCommand(msgspec.Struct, tag="set_phase", tag_field="type", forbid_unknown_fields=True, omit_defaults=True):
     """Switch the engine's phase; takes effect before its next step.
 
     ``lease_s``: unless another phase command arrives within that many
@@ -45,7 +50,7 @@ class SetPhase(msgspec.Struct, tag="set_phase", tag_field="type", forbid_unknown
     coordinator died is not left frozen in ``decode``). None: no lease.
     Omitted from the wire when None, so such commands read as before."""
 
-    phase: Phase
+    phase: EnginePhase
     lease_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] | None = None
 
 
@@ -53,7 +58,7 @@ class GetStatus(msgspec.Struct, tag="get_status", tag_field="type", forbid_unkno
     """Ask for a fresh status (wakes an idle engine, changes nothing)."""
 
 
-Command = Union[SetPhase, GetStatus]
+Command = Union[PhaseCommand, GetStatus]
 
 
 class StepRecord(msgspec.Struct, frozen=True):
@@ -88,7 +93,7 @@ class EngineStatus(msgspec.Struct, tag="status", tag_field="type"):
     engine_id: str
     seq: int  # increases with every status this engine emits
     time: float  # wall-clock time of the snapshot
-    phase: Phase
+    phase: EnginePhase
     phase_since: float  # wall-clock time the current phase was set
     activity: Activity  # what the last batches held
     activity_since: float  # when that activity began

@@ -22,8 +22,10 @@ def test_ttft_and_tpot_by_hand():
 
 
 def test_one_token_and_unfinished_requests():
-    one = rec(0.0, 0.2, 0.2, out=1)
-    assert one.tpot == 0.0 and one.meets(1.0, 0.01)
+    one = rec(0.0, 0.2, 0.2, out=1)  # no second token: no TPOT, and so no TPOT miss
+    assert one.tpot is None and one.meets(1.0, 0.01) and not one.meets(0.1, 0.01)
+    s = summarize([one], 1.0, 0.01)
+    assert s["tpot_attainment"] == 1.0 and s["attainment"] == 1.0 and s["tpot"]["p50"] != s["tpot"]["p50"]  # NaN
     stuck = rec(0.0, 0.2, None)
     assert stuck.tpot is None and not stuck.meets(10, 10)
     never = rec(0.0, None, None)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench" / "results"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # mechanisms.py
 
-import mechanisms as mech  # noqa: E402  (its observation hooks only watch)
+import mechanisms as mech  # noqa: E402
 from ecoserve.sim import MODELS  # noqa: E402
 from ecoserve.workload import WorkloadTemplate  # noqa: E402
 

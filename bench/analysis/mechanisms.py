@@ -16,9 +16,9 @@ the goodput number alone does not show:
   long, how many requests each took; why requests were queued (the first
   constraint that failed), and the constraint failures per check.
 
-The simulator and the policy core are not modified: this wraps methods of the
-live objects (``SimEngine._begin``/``set_phase``, ``ConstraintChecker.check``,
-the router's ``submit``) to observe them.
+The simulator and the policy core are not modified: a ``SimObserver``
+(``ecoserve/sim/observer.py``) watches each run: its steps, phase switches and
+enqueues, the router's ``Queued`` actions and EcoServe's constraint checks.
 
     .venv/bin/python bench/analysis/mechanisms.py [--models m,..] [--datasets d,..] [--rates 10,20]
 """
@@ -32,7 +32,7 @@ import statistics
 import sys
 import time
 from bisect import bisect_left
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,65 +41,54 @@ sys.path.insert(0, str(ROOT))
 
 from ecoserve.metrics import RequestRecord, summarize  # noqa: E402
 from ecoserve.policy import Queued  # noqa: E402
-from ecoserve.policy.constraints import ConstraintChecker  # noqa: E402
 from ecoserve.policy.phase import Phase  # noqa: E402
 from ecoserve.sim import MODELS, SimConfig, build  # noqa: E402
-from ecoserve.sim.engine import SimEngine  # noqa: E402
+from ecoserve.sim.observer import SimObserver  # noqa: E402
 from ecoserve.workload import WorkloadTemplate, default_slo  # noqa: E402
 
 VARIANTS = {"ecoserve": ("ecoserve", "min"), "ecoserve-mean": ("ecoserve", "mean")}
 POLICIES = ("ecoserve", "ecoserve-mean", "vllm", "sarathi", "distserve", "mooncake")
 
-# -- observation hooks (class-level wrappers; the originals run unchanged) --------------
+class Watch(SimObserver):
+    """What ``measure`` records of one run, per engine id."""
 
-_orig_begin = SimEngine._begin
-_orig_set_phase = SimEngine.set_phase
-_orig_check = ConstraintChecker.check
-CHECK_FAILS: Counter = Counter()
-CHECKS = [0]
+    def __init__(self) -> None:
+        self.prefill_iv: dict[str, list[tuple[float, float]]] = defaultdict(list)  # steps that prefill
+        self.prefill_reqs = 0  # prompt chunks in those steps
+        self.windows: dict[str, list[tuple[float, float, int]]] = defaultdict(list)  # (open, close, routed)
+        self._open: dict[str, float] = {}
+        self._enq: dict[str, list[float]] = defaultdict(list)  # enqueue times
+        self.queued: Counter = Counter()  # first reason of each Queued
+        self.checks = 0
+        self.check_fails: Counter = Counter()
 
+    def on_step(self, step):
+        if step.prefill:
+            self.prefill_iv[step.engine].append((step.start, step.end))
+            self.prefill_reqs += len(step.prefill)
 
-def _begin(self, now):
-    _orig_begin(self, now)
-    if self.busy and self._chunks:
-        self._prefill_iv.append((self._start, self._ends[-1]))
-        self._prefill_reqs += len(self._chunks)
+    def on_enqueue(self, engine_id, req, now):
+        self._enq[engine_id].append(now)
 
-
-def _set_phase(self, phase, now, kick=True):
-    if phase is not self.phase:
-        if phase is Phase.PREFILL:
-            self._win_open = now
-        elif self.phase is Phase.PREFILL and self._win_open is not None:
+    def on_phase(self, engine_id, old, new, now):
+        if new is Phase.PREFILL:
+            self._open[engine_id] = now
+        elif old is Phase.PREFILL and engine_id in self._open:
             # Requests routed in [open, close): the first one reaches the engine
             # just before its window's SetPhase, at the same instant.
-            t0 = self._win_open
-            k = bisect_left(self._enq, now) - bisect_left(self._enq, t0)
-            self._windows.append((t0, now, k))
-            self._win_open = None
-    _orig_set_phase(self, phase, now, kick)
+            t0 = self._open.pop(engine_id)
+            enq = self._enq[engine_id]
+            self.windows[engine_id].append((t0, now, bisect_left(enq, now) - bisect_left(enq, t0)))
 
+    def on_action(self, action, now):
+        if isinstance(action, Queued):
+            r = action.reason
+            self.queued[r.name if hasattr(r, "name") else str(r)] += 1
 
-_orig_enqueue = SimEngine.enqueue
-
-
-def _enqueue(self, req, now, kick=True):
-    self._enq.append(now)
-    _orig_enqueue(self, req, now, kick)
-
-
-def _check(self, inst, req, now):
-    res = _orig_check(self, inst, req, now)
-    CHECKS[0] += 1
-    if res.failed is not None:
-        CHECK_FAILS[res.failed.name] += 1
-    return res
-
-
-SimEngine._begin = _begin
-SimEngine.set_phase = _set_phase
-SimEngine.enqueue = _enqueue
-ConstraintChecker.check = _check
+    def on_check(self, inst, req, result, now):
+        self.checks += 1
+        if result.failed is not None:
+            self.check_fails[result.failed.name] += 1
 
 
 def _stall(ivs, a, b):
@@ -136,27 +125,11 @@ def config_for(policy, model, dataset, best_cfg):
 
 
 def measure(cfg, template, rate, min_duration):
-    CHECK_FAILS.clear()
-    CHECKS[0] = 0
     reqs = template.at_rate(rate, template.count_for(rate, min_duration))
     cluster = build(cfg)
     sim = cluster.sim
-    for e in cluster.engines:
-        e._prefill_iv, e._windows, e._win_open, e._enq = [], [], None, []
-        e._prefill_reqs = 0
-    queued = Counter()
-    router = getattr(cluster.driver, "router", None)
-    if router is not None and cfg.policy == "ecoserve":
-        orig_submit = router.submit
-
-        def submit(rs, now):
-            acts = orig_submit(rs, now)
-            for a in acts:
-                if isinstance(a, Queued):
-                    queued[a.reason.name if hasattr(a.reason, "name") else str(a.reason)] += 1
-            return acts
-
-        router.submit = submit
+    w = Watch()
+    sim.observers.append(w)
     t0 = time.perf_counter()
     states = sim.run(reqs)
     wall = time.perf_counter() - t0
@@ -174,7 +147,7 @@ def measure(cfg, template, rate, min_duration):
             if s.finish is None or s.first_token is None or s.output <= 1 or s.engine is None:
                 continue
             dec = s.finish - s.first_token
-            st = _stall(s.engine._prefill_iv, s.first_token, s.finish)
+            st = _stall(w.prefill_iv[s.engine.id], s.first_token, s.finish)
             share = st / dec if dec > 0 else 0.0
             stall_share.append(share)
             if dec / (s.output - 1) > cfg.slo_tpot and s.first_token - s.arrival <= cfg.slo_ttft:
@@ -191,12 +164,13 @@ def measure(cfg, template, rate, min_duration):
         "busy_min": round(min(busy), 3), "busy_max": round(max(busy), 3),
         "preemptions": sum(e.stats.preemptions for e in cluster.engines),
     }
-    steps = sum(len(e._prefill_iv) for e in cluster.engines)
+    steps = sum(len(iv) for iv in w.prefill_iv.values())
     if steps:
         # Steps that prefill (vLLM/phased/prefill pools; Sarathi's hybrid steps too).
-        out["prefill_batch_mean"] = round(sum(e._prefill_reqs for e in cluster.engines) / steps, 2)
-        out["prefill_step_s_mean"] = round(sum(b - a for e in cluster.engines for a, b in e._prefill_iv) / steps, 4)
-        out["prefill_s_per_request"] = round(sum(b - a for e in cluster.engines for a, b in e._prefill_iv) / n, 4)
+        prefill_s = sum(b - a for iv in w.prefill_iv.values() for a, b in iv)
+        out["prefill_batch_mean"] = round(w.prefill_reqs / steps, 2)
+        out["prefill_step_s_mean"] = round(prefill_s / steps, 4)
+        out["prefill_s_per_request"] = round(prefill_s / n, 4)
     if stall_share:
         out["stall_share_mean"] = round(statistics.fmean(stall_share), 3)
         out["stall_share_tpot_miss"] = round(statistics.fmean(stall_share_miss), 3) if stall_share_miss else None
@@ -208,7 +182,7 @@ def measure(cfg, template, rate, min_duration):
         for s in states:
             if s.finish is None or s.first_token is None or s.output <= 1 or s.engine is None:
                 continue
-            ws = s.engine._windows
+            ws = w.windows[s.engine.id]
             i = bisect_left(ws, (s.first_token + 1e-9,)) - 1
             own = 0.0
             if i >= 0 and ws[i][0] <= s.first_token <= ws[i][1]:
@@ -216,14 +190,14 @@ def measure(cfg, template, rate, min_duration):
             own_all.append(own)
             if (s.finish - s.first_token) / (s.output - 1) > cfg.slo_tpot and s.first_token - s.arrival <= cfg.slo_ttft:
                 own_miss.append(own)
-                st = _stall(s.engine._prefill_iv, s.first_token, s.finish)
+                st = _stall(w.prefill_iv[s.engine.id], s.first_token, s.finish)
                 own_share_miss.append(min(1.0, own / st) if st > 0 else 0.0)
         out["own_window_wait_mean_s"] = round(statistics.fmean(own_all), 3) if own_all else None
         out["own_window_wait_p90_s"] = round(_q(own_all, 0.9), 3) if own_all else None
         out["own_window_wait_tpot_miss_mean_s"] = round(statistics.fmean(own_miss), 3) if own_miss else None
         out["own_window_share_of_stall_tpot_miss"] = (round(statistics.fmean(own_share_miss), 3)
                                                       if own_share_miss else None)
-        wins = [w for e in cluster.engines for w in e._windows]
+        wins = [win for e in cluster.engines for win in w.windows[e.id]]
         durs = [b - a for a, b, _ in wins]
         sizes = [k for _, _, k in wins]
         prefill_phase = sum(durs) / (end * len(cluster.engines)) if end else 0.0
@@ -233,9 +207,9 @@ def measure(cfg, template, rate, min_duration):
             "window_reqs_mean": round(statistics.fmean(sizes), 2) if sizes else None,
             "window_reqs_p90": _q(sizes, 0.9) if sizes else None,
             "prefill_phase_fraction": round(prefill_phase, 3),
-            "queued_first_reason": dict(queued), "queued_share": round(sum(queued.values()) / n, 3),
-            "check_fail_share": {k: round(v / max(1, CHECKS[0]), 3) for k, v in CHECK_FAILS.items()},
-            "checks": CHECKS[0],
+            "queued_first_reason": dict(w.queued), "queued_share": round(sum(w.queued.values()) / n, 3),
+            "check_fail_share": {k: round(v / max(1, w.checks), 3) for k, v in w.check_fails.items()},
+            "checks": w.checks,
         })
     return out
 

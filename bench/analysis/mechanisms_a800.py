@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench" / "results"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # mechanisms.py
 
 import mechanisms as mech  # noqa: E402
 from ecoserve.sim import MODELS, SimConfig  # noqa: E402

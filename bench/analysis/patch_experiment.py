@@ -1,10 +1,11 @@
 """What-if for ANALYSIS.md: protect window members that have not started yet.
 
-Not part of the reproduction, and not the policy core's behaviour: this
-process wraps ``ConstraintChecker.check`` in memory (ecoserve/policy is not
-edited) to try the patch proposed to the lead, then reruns EcoServe's P90
-goodput search on the main cells with the same settings as
-``reproduce_paper.py`` (``--quick`` or full).
+Not part of the reproduction, and not the policy core's behaviour: the patch
+proposed to the lead is a ``ConstraintChecker`` subclass here (ecoserve/policy
+is not edited), put in place of each simulated router's checker
+(``RouterDriver.wrap_checker``, through ``sweep_policy``'s ``setup``); this
+reruns EcoServe's P90 goodput search on the main cells with the same settings
+as ``reproduce_paper.py`` (``--quick`` or full).
 
 The gap it closes: the TPOT check protects requests that have a first token.
 A window member that has not started yet is not protected, but once its
@@ -34,24 +35,35 @@ from ecoserve.policy.constraints import CheckResult, ConstraintChecker  # noqa: 
 from ecoserve.sim import MODELS, SimConfig, sweep_policy  # noqa: E402
 from ecoserve.workload import WorkloadTemplate, default_slo  # noqa: E402
 
-_orig = ConstraintChecker.check
 
+class PatchedChecker(ConstraintChecker):
+    """The policy's check, then the patch's extra TPOT test."""
 
-def patched_check(self, inst, req, now):
-    res = _orig(self, inst, req, now)
-    if res.failed is not None or self.slack_mode != "min" or not inst.window_size or not inst.window_unstarted:
+    @classmethod
+    def like(cls, c: ConstraintChecker) -> PatchedChecker:
+        return cls(c.slo, c.predictor, slack_mode=c.slack_mode, output_reservation=c.output_reservation,
+                   decode_margin_s=c.decode_margin_s)
+
+    def check(self, inst, req, now):
+        res = super().check(inst, req, now)
+        if res.failed is not None or self.slack_mode != "min" or not inst.window_size or not inst.window_unstarted:
+            return res
+        mine = self.predictor.predict(req.prompt_tokens)
+        after = mine
+        earliest_unstarted_after = None
+        for m in reversed(inst.window()):  # routing order, newest first; FIFO prefill
+            if m.started:
+                break
+            earliest_unstarted_after = after
+            after += m.predicted_prefill
+        if earliest_unstarted_after is not None and self.slo.tpot < earliest_unstarted_after + self.decode_margin_s:
+            return CheckResult(Constraint.TPOT, res.t_total, res.stall)
         return res
-    mine = self.predictor.predict(req.prompt_tokens)
-    after = mine
-    earliest_unstarted_after = None
-    for m in reversed(inst.window()):  # routing order, newest first; FIFO prefill
-        if m.started:
-            break
-        earliest_unstarted_after = after
-        after += m.predicted_prefill
-    if earliest_unstarted_after is not None and self.slo.tpot < earliest_unstarted_after + self.decode_margin_s:
-        return CheckResult(Constraint.TPOT, res.t_total, res.stall)
-    return res
+
+
+def patch(cluster) -> None:
+    if cluster.driver.wrap_checker(PatchedChecker.like) is None:
+        raise AssertionError("this router has no constraint checker to patch")
 
 
 def main():
@@ -62,7 +74,6 @@ def main():
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "patch_experiment.json")
     a = ap.parse_args()
     n, dur, tol = (300, 60.0, 0.05) if a.quick else (500, 120.0, 0.02)
-    ConstraintChecker.check = patched_check
     out = json.loads(a.out.read_text()) if a.out.exists() else {}
     for m in a.models.split(","):
         for d in a.datasets.split(","):
@@ -74,7 +85,7 @@ def main():
                             slack_mode="min")
             tpl = WorkloadTemplate(d, num_requests=n, seed=0, max_context=MODELS[m].max_context)
             t0 = time.perf_counter()
-            res = sweep_policy(cfg, tpl, {"p90": 0.9}, rel_tol=tol, min_duration=dur)
+            res = sweep_policy(cfg, tpl, {"p90": 0.9}, rel_tol=tol, min_duration=dur, setup=patch)
             out[key] = {"goodput_p90": res.goodput["p90"],
                         "points": [(round(r, 3), round(x, 4)) for r, x in res.curve],
                         "wall_s": round(time.perf_counter() - t0, 1)}

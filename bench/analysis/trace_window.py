@@ -1,7 +1,14 @@
 """Trace one TPOT-missing EcoServe request (ANALYSIS.md, point 4): the routing
 decisions, phase switches and steps of its instance around its lifetime.
-In-process observers only; the policy and simulator are unchanged. Full-run
-workload (500 requests / 120 s, seed 0).
+A ``SimObserver`` (ecoserve/sim/observer.py) records them; the policy and
+simulator are unchanged. Full-run workload (500 requests / 120 s, seed 0).
+
+Rows: ``(t, instance, "route", request, stall, (least saved TPOT, its request),
+window size, window predicted prefill, window start)`` for each routing
+decision (a constraint check that passed; the instance's state before the
+request joins), ``(t, instance, "phase", PREFILL|DECODE)``, ``(start, instance,
+"P", [requests], 0, end, 1)`` for a prefill step and ``(start, instance, "D",
+batch, end, steps)`` for a stretch of decode steps.
 
     .venv/bin/python bench/analysis/trace_window.py codellama-34b longbench 2.48 min [k-th miss]
 """
@@ -9,37 +16,39 @@ import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from ecoserve.sim import SimConfig, build, MODELS
-from ecoserve.sim.engine import SimEngine
-from ecoserve.policy.constraints import ConstraintChecker
+from ecoserve.sim.observer import SimObserver
 from ecoserve.workload import WorkloadTemplate
+
+
+class Trace(SimObserver):
+    def __init__(self, tpot):
+        self.tpot, self.log = tpot, []
+
+    def on_step(self, s):  # reported at its end: the log is sorted by time below
+        self.log.append((s.start, s.engine, "P" if s.prefill else "D", [rid for rid, _ in s.prefill], len(s.decode),
+                         s.end, s.steps))
+
+    def on_phase(self, engine_id, old, new, now):
+        self.log.append((now, engine_id, "phase", new.name))
+
+    def on_check(self, inst, req, res, now):
+        if res.failed is None:
+            dec = list(inst.decoding())
+            mn = min((r.saved_tpot(now, self.tpot), r.id) for r in dec) if dec else None
+            self.log.append((now, inst.id, "route", req.id, round(res.stall, 3), mn and (round(mn[0], 3), mn[1]),
+                             inst.window_size, round(inst.window_pred, 3), inst.window_start))
+
+
 model, ds, rate, slack = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 ttft = {"alpaca":1.0,"sharegpt":5.0,"longbench":15.0}[ds]
 cfg = SimConfig(policy="ecoserve", model=model, hardware="l20", slo_ttft=ttft, slo_tpot=0.1, slack_mode=slack)
 tpl = WorkloadTemplate(ds, num_requests=500, seed=0, max_context=MODELS[model].max_context)
 reqs = tpl.at_rate(rate, tpl.count_for(rate, 120))
 cl = build(cfg)
-log = []
-ob = SimEngine._begin
-def _b(self, now):
-    ob(self, now)
-    if self.busy: log.append((now, self.id, "P" if self._chunks else "D", [r.id for r, _ in self._chunks], len(self._decode), self._ends[-1], len(self._ends)))
-SimEngine._begin = _b
-osp = SimEngine.set_phase
-def _sp(self, ph, now, kick=True):
-    if ph is not self.phase: log.append((now, self.id, "phase", ph.name))
-    osp(self, ph, now, kick)
-SimEngine.set_phase = _sp
-oc = ConstraintChecker.check
-router = cl.driver.router
-def _c(self, inst, req, now):
-    res = oc(self, inst, req, now)
-    if res.failed is None:
-        dec = list(inst.decoding())
-        mn = min((r.saved_tpot(now, 0.1), r.id) for r in dec) if dec else None
-        log.append((now, inst.id, "route", req.id, round(res.stall,3), mn and (round(mn[0],3), mn[1]), inst.window_size, round(inst.window_pred,3), inst.window_start))
-    return res
-ConstraintChecker.check = _c
+trace = Trace(cfg.slo_tpot)
+cl.sim.observers.append(trace)
 states = cl.sim.run(reqs)
+log = sorted(trace.log, key=lambda e: e[0])  # stable: same-time rows keep their order
 miss = [s for s in states if s.finish and s.first_token - s.arrival <= ttft and s.output > 1 and (s.finish - s.first_token)/(s.output-1) > 0.1]
 print(len(miss), "tpot misses of", len(states))
 s = miss[int(sys.argv[5]) if len(sys.argv) > 5 else 0]

@@ -6,6 +6,7 @@ simulator drive these same objects.
 """
 
 from ecoserve.policy.actions import Action, Constraint, Drained, Queued, Rejected, Routed, SetPhase
+from ecoserve.policy.config import DEFAULT_PREFILL_COEFFS, POLICIES, PolicyConfig
 from ecoserve.policy.constraints import CheckResult, ConstraintChecker
 from ecoserve.policy.instance import InstanceState
 from ecoserve.policy.least_loaded import LeastLoadedRouter
@@ -26,29 +27,14 @@ from ecoserve.policy.phase import Phase
 from ecoserve.policy.predictor import PrefillTimePredictor
 from ecoserve.policy.request import RequestState
 from ecoserve.policy.round_robin import RoundRobinRouter
+from ecoserve.policy.scaling import ScalingPort, carry_out, join_macro
 from ecoserve.policy.router import Router
 from ecoserve.policy.slo import SLO
 
-POLICIES = ("ecoserve", "round-robin", "least-loaded")
-
-
-def make_router(policy: str, slo: SLO, predictor: PrefillTimePredictor, **check_options) -> Router:
-    """The router for a policy name (the CLI's ``--policy``). ``check_options``
-    go to EcoServe's ConstraintChecker (slack_mode, output_reservation,
-    decode_margin_s); the baselines check nothing."""
-    if policy == "ecoserve":
-        return OverallScheduler(ConstraintChecker(slo, predictor, **check_options))
-    if policy == "round-robin":
-        return RoundRobinRouter()
-    if policy == "least-loaded":
-        return LeastLoadedRouter()
-    raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
-
-
 __all__ = [
-    "Action", "CheckResult", "Constraint", "ConstraintChecker", "Drained", "InstanceState",
+    "DEFAULT_PREFILL_COEFFS", "Action", "CheckResult", "Constraint", "ConstraintChecker", "Drained", "InstanceState",
     "LeastLoadedRouter", "MacroInstance", "Merge", "MitosisConfig", "MitosisPlanner", "OverallScheduler",
-    "POLICIES", "Phase", "PrefillTimePredictor", "Queued", "Rejected", "RequestState", "RoundRobinRouter",
-    "Routed", "Router", "SLO", "ScaleIn", "ScaleOut", "SetPhase", "Split", "grow_target", "make_router",
-    "shrink_victim", "structural",
+    "POLICIES", "Phase", "PolicyConfig", "PrefillTimePredictor", "Queued", "Rejected", "RequestState", "RoundRobinRouter",
+    "Routed", "Router", "SLO", "ScaleIn", "ScaleOut", "ScalingPort", "SetPhase", "Split", "carry_out", "grow_target",
+    "join_macro", "shrink_victim", "structural",
 ]

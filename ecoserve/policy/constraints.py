@@ -31,6 +31,7 @@ Three tests, in the paper's order; the first that fails is reported:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -75,10 +76,20 @@ class ConstraintChecker:
         if decode_margin_s < 0:
             raise ValueError("decode_margin_s must be >= 0")
         self.decode_margin_s = decode_margin_s
+        # Told every check's result (instance, request, result, now): a probe
+        # for observers (the simulator's analysis); it must not decide anything.
+        self.on_check: Callable[[InstanceState, RequestState, CheckResult, float], None] | None = None
 
     def kv_need(self, req: RequestState) -> int:
         """KV tokens r reserves when routed."""
         return req.prompt_tokens + math.ceil(self.output_reservation * req.max_output_tokens)
+
+    def checked(self, inst: InstanceState, req: RequestState, now: float) -> CheckResult:
+        """``check``, reported to ``on_check``: what routers call."""
+        res = self.check(inst, req, now)
+        if self.on_check is not None:
+            self.on_check(inst, req, res, now)
+        return res
 
     def check(self, inst: InstanceState, req: RequestState, now: float) -> CheckResult:
         mine = self.predictor.predict(req.prompt_tokens)

@@ -35,7 +35,7 @@ class MacroInstance(TrackingRouter):
     def admits(self, inst: InstanceState, req: RequestState, now: float) -> Constraint | None:
         if not inst.accepting:
             return Constraint.NO_INSTANCE
-        return self.checker.check(inst, req, now).failed
+        return self.checker.checked(inst, req, now).failed
 
     def took(self, inst: InstanceState) -> None:
         self._cursor = self._order.index(inst.id)
@@ -49,7 +49,7 @@ class MacroInstance(TrackingRouter):
             inst = self._instances[order[idx]]
             if not inst.accepting:
                 continue
-            failed = self.checker.check(inst, req, now).failed
+            failed = self.checker.checked(inst, req, now).failed
             if failed is None:
                 self._cursor = idx
                 return inst, "fits"

@@ -1,7 +1,7 @@
 """The mitosis planner: when to grow or shrink, and how the layout of macro
 instances follows.
 
-Triggers (ECOSERVE_PAPER.md, with what the paper leaves open filled in):
+Triggers (docs/PAPER.md, "Mitosis scaling", with what the paper leaves open filled in):
 - scale out when the mean TTFT over a sliding window exceeds the TTFT SLO.
   Requests still pending count with their wait so far, since overload shows
   first as requests that have no first token yet;
@@ -190,9 +190,3 @@ class MitosisPlanner:
         self._slack_since = None
         self._last_action = now
         return [ScaleIn(victim)]
-
-    def apply_structural(self, sched: OverallScheduler, action: Split | Merge, now: float):
-        """Carry out a split or merge on the scheduler (moves handles only)."""
-        if isinstance(action, Split):
-            return sched.split(action.macro, now)
-        return sched.merge(action.into, action.other, now)

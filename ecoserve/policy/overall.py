@@ -20,12 +20,16 @@ from ecoserve.policy.actions import Action, Constraint, Drained, Queued, Rejecte
 from ecoserve.policy.constraints import ConstraintChecker
 from ecoserve.policy.instance import InstanceState
 from ecoserve.policy.macro_instance import MacroInstance
+from ecoserve.policy.phase import Phase
 from ecoserve.policy.request import RequestState
 from ecoserve.policy.router import Router
 from ecoserve.policy.tracking import unfit_reason
 
 
 class OverallScheduler(Router):
+    initial_phase = Phase.DECODE  # decoding, no window open: windows are opened per request
+    has_macros = True
+
     def __init__(self, checker: ConstraintChecker) -> None:
         self.checker = checker
         self.macros: list[MacroInstance] = []
@@ -52,6 +56,17 @@ class OverallScheduler(Router):
     def group_of(self, instance_id: str) -> str:
         return self._where[instance_id].name
 
+    def group_names(self) -> list[str]:
+        return [m.name for m in self.macros]
+
+    def constraint_checker(self) -> ConstraintChecker:
+        return self.checker
+
+    def use_checker(self, checker: ConstraintChecker) -> None:
+        self.checker = checker
+        for m in self.macros:
+            m.checker = checker
+
     def move_instance(self, instance_id: str, to: int, now: float) -> list[Action]:
         """Hand an instance (its handle and its requests' state) to another macro."""
         src = self._where[instance_id]
@@ -63,6 +78,8 @@ class OverallScheduler(Router):
     def split(self, index: int, now: float) -> list[Action]:
         """Split a macro instance in two halves; the second half forms a new one
         placed right after it (12 -> 6 + 6 in the paper's run)."""
+        if not 0 <= index < len(self.macros):
+            raise IndexError(f"no macro instance {index}; there are {len(self.macros)}")
         ids = [i.id for i in self.macros[index].instances()]
         if len(ids) < 2:
             raise ValueError(f"macro instance {index} has {len(ids)} instance(s): nothing to split")
@@ -74,6 +91,9 @@ class OverallScheduler(Router):
 
     def merge(self, into: int, other: int, now: float) -> list[Action]:
         """Move every instance and pending request of ``other`` into ``into``."""
+        for i in (into, other):
+            if not 0 <= i < len(self.macros):
+                raise IndexError(f"no macro instance {i}; there are {len(self.macros)}")
         if into == other:
             raise ValueError("cannot merge a macro instance with itself")
         dst, src = self.macros[into], self.macros[other]
@@ -109,6 +129,8 @@ class OverallScheduler(Router):
             macro = len(self.macros) - 1
         elif macro == len(self.macros):
             self._new_macro()
+        if not 0 <= macro < len(self.macros):
+            raise ValueError(f"no macro instance {macro}; there are {len(self.macros)}")
         m = self.macros[macro]
         self._where[inst.id] = m
         return self._track(m.add_instance(inst, now)) + self._reoffer_all(now)

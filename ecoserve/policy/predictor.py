@@ -91,6 +91,13 @@ class PrefillTimePredictor:
         self.correction += self.alpha * (ratio - self.correction)
         self.observations += 1
 
+    def observe_step(self, kind: str, prefill_tokens: int, seconds: float) -> None:
+        """Fold in one engine step, live or simulated: only pure prefill steps
+        calibrate (a decode in the step would inflate it). A step that prefilled
+        several prompts is fed their total, as the engine ran it."""
+        if kind == "prefill" and prefill_tokens > 0:
+            self.observe(prefill_tokens, seconds)
+
 
 def _solve3(m: list[list[float]]) -> tuple[float, float, float]:
     """Gaussian elimination with partial pivoting on a 3x4 augmented matrix."""

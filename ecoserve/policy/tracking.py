@@ -97,7 +97,9 @@ class TrackingRouter(Router):
             req = next(r for r in self._pending if r.id == request_id)
         return req
 
-    def add_instance(self, inst: InstanceState, now: float) -> list[Action]:
+    def add_instance(self, inst: InstanceState, now: float, macro: int | None = None) -> list[Action]:
+        if macro not in (None, 0):
+            raise ValueError(f"{type(self).__name__} has one group of instances: no macro instance {macro}")
         if inst.id in self._instances:
             raise ValueError(f"instance {inst.id} is already routed to")
         self._instances[inst.id] = inst

@@ -3,7 +3,8 @@ iteration-time model (roofline from model and hardware specs, or a profile
 measured on a real engine), the baselines' instance behaviours, and the very
 same policy objects the live coordinator drives."""
 
-from ecoserve.sim.cluster import PAPER_POLICIES, POLICIES, SimConfig, build, candidates, distserve_layouts, sarathi_budget
+from ecoserve.policy.config import PAPER_POLICIES
+from ecoserve.sim.cluster import POLICIES, SimConfig, build, candidates, distserve_layouts, sarathi_budget
 from ecoserve.sim.core import RouterDriver, Simulator
 from ecoserve.sim.engine import SimEngine, SimRequest
 from ecoserve.sim.engine_model import EngineModel, ProfileModel, RooflineModel, make_engine_model

@@ -3,18 +3,15 @@ periodic tick, carried out on simulated engines.
 
 The autoscaler decides nothing itself. Every ``interval_s`` it reports the
 engines' tokens so far (``RouterDriver.flush``, so the planner sees fresh
-decode slack), asks the planner (``plan``) and carries out the answer, as the
-live coordinator does:
+decode slack) and hands the planner to ``policy.scaling.carry_out``, the same
+function the live coordinator uses, with this port:
 
-- ``ScaleOut``: a new engine is launched and joins the router
-  ``launch_delay_s`` later (model load and engine start-up). It joins the
-  macro instance the planner's ``grow_target`` names for the layout *at join
-  time*, since drains and merges may have changed the layout while it loaded.
-  Until it joins, ``plan`` is told it is launching and asks for no more.
-- ``ScaleIn``: ``Router.remove_instance``: the instance takes nothing new and
+- ``launch``: a new engine joins the router ``launch_delay_s`` later (model
+  load and engine start-up), at ``join_macro`` for the layout at join time.
+  Until it joins, the planner is told it is launching and asks for no more.
+- ``drain``: ``Router.remove_instance``: the instance takes nothing new and
   finishes what it holds; on ``Drained`` its engine leaves. Nothing is killed.
-- ``Split`` / ``Merge``: ``planner.apply_structural`` (handles move, requests
-  and KV stay where they are).
+- ``restructured``: a split or merge (handles move, requests and KV stay).
 
 It records every action (``events``) and the fleet after each change
 (``samples``); ``timeline()`` bins the run's requests into windows next to
@@ -27,20 +24,10 @@ import math
 from collections.abc import Callable, Sequence
 
 from ecoserve.metrics import RequestRecord, percentile
-from ecoserve.policy import (
-    InstanceState,
-    Merge,
-    MitosisPlanner,
-    OverallScheduler,
-    ScaleIn,
-    ScaleOut,
-    Split,
-)
-from ecoserve.policy.mitosis import grow_target
+from ecoserve.policy import InstanceState, Merge, MitosisPlanner, ScaleIn, ScaleOut, Split, carry_out, join_macro
+from ecoserve.policy.actions import Action
 from ecoserve.sim.core import RouterDriver, Simulator
 from ecoserve.sim.engine import SimEngine, SimRequest
-
-_MAX_ACTIONS_PER_TICK = 64  # splits/merges in a row; a layout needs a handful at most
 
 
 class SimAutoscaler:
@@ -56,11 +43,9 @@ class SimAutoscaler:
     ) -> None:
         if launch_delay_s < 0 or interval_s <= 0:
             raise ValueError("need launch_delay_s >= 0 and interval_s > 0")
-        if not isinstance(driver.router, OverallScheduler):
-            raise ValueError("mitosis scaling needs EcoServe's macro instances (the OverallScheduler)")
         self.sim = sim
         self.driver = driver
-        self.router: OverallScheduler = driver.router
+        self.router = driver.router
         self.planner = planner
         self.new_engine = new_engine
         self.launch_delay_s = launch_delay_s
@@ -93,26 +78,11 @@ class SimAutoscaler:
             self.sim.at(now + self.interval_s, self._tick)
 
     def _consult(self, now: float) -> None:
-        """Carry out what the planner asks until it asks nothing more; a scale
-        action ends the round (the planner's cooldown starts with it)."""
-        for _ in range(_MAX_ACTIONS_PER_TICK):
-            actions = self.planner.plan(self.router, now, launching=self.launching)
-            if not actions:
-                return
-            for a in actions:
-                if isinstance(a, ScaleOut):
-                    self._launch(a, now)
-                elif isinstance(a, ScaleIn):
-                    self._remove(a.instance_id, now)
-                else:
-                    self._restructure(a, now)
-            if any(isinstance(a, (ScaleOut, ScaleIn)) for a in actions):
-                return
-        raise RuntimeError(f"the mitosis planner asked for over {_MAX_ACTIONS_PER_TICK} layout changes at once")
+        carry_out(self.planner, self.router, now, launching=self.launching, port=self)
 
-    # -- carrying out ------------------------------------------------------------------
+    # -- the ScalingPort ---------------------------------------------------------------
 
-    def _launch(self, action: ScaleOut, now: float) -> None:
+    def launch(self, action: ScaleOut, now: float) -> None:
         eid = f"i{self._names}"
         self._names += 1
         self.launching += 1
@@ -126,15 +96,16 @@ class SimAutoscaler:
         engine = self.new_engine(eid)
         self.driver.flush(now)
         self.driver.add_engine(engine)
-        macro = grow_target(self.router.layout(), self.planner.cfg)
+        macro = join_macro(self.router, self.planner.cfg)
         inst = InstanceState(engine.id, engine.capacity, max_requests=engine.max_num_seqs)
         self.driver.apply(self.router.add_instance(inst, now, macro=macro), now)
         self._event(now, "join", instance=eid, macro=macro)
         self._consult(now)  # a macro instance past N_u splits at once
 
-    def _remove(self, instance_id: str, now: float) -> None:
-        self._event(now, "scale_in", instance=instance_id, macro=self.router.group_of(instance_id))
-        self.driver.apply(self.router.remove_instance(instance_id, now), now)
+    def drain(self, action: ScaleIn, now: float) -> None:
+        iid = action.instance_id
+        self._event(now, "scale_in", instance=iid, macro=self.router.group_of(iid))
+        self.driver.apply(self.router.remove_instance(iid, now), now)
         self._sample(now)  # now draining (or gone, if it was idle)
 
     def _drained(self, instance_id: str, now: float) -> None:
@@ -142,13 +113,14 @@ class SimAutoscaler:
         self.drained_at[instance_id] = now
         self._event(now, "drained", instance=instance_id)
 
-    def _restructure(self, action: Split | Merge, now: float) -> None:
-        before = self._sizes()
-        self.driver.apply(self.planner.apply_structural(self.router, action, now), now)
+    def restructured(self, action: Split | Merge, actions: list[Action], before: list[tuple[str, int]],
+                     now: float) -> None:  # fmt: skip
+        self.driver.apply(actions, now)
+        sizes = [n for _, n in before]
         if isinstance(action, Split):
-            self._event(now, "split", macro=action.macro, before=before)
+            self._event(now, "split", macro=action.macro, before=sizes)
         else:
-            self._event(now, "merge", macro=action.into, other=action.other, before=before)
+            self._event(now, "merge", macro=action.into, other=action.other, before=sizes)
 
     # -- records -----------------------------------------------------------------------
 

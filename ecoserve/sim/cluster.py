@@ -4,7 +4,7 @@ Policies (the ``--policy`` names of ``ecoserve simulate``):
 
 | name         | engines (``engine.py`` mode) | routing |
 |--------------|------------------------------|---------|
-| ecoserve     | ``phased`` (temporal disaggregation) | ``make_router("ecoserve")``: OverallScheduler + macro instances (Algorithm 1, rolling activation) |
+| ecoserve     | ``phased`` (temporal disaggregation) | ``PolicyConfig("ecoserve")``: OverallScheduler + macro instances (Algorithm 1, rolling activation) |
 | vllm         | ``vllm`` (prefill priority, separate batches) | ``LeastLoadedRouter`` (vLLM's own DP balancing) |
 | sarathi      | ``sarathi`` (chunked prefill, decode priority) | ``LeastLoadedRouter`` |
 | round-robin  | ``sarathi`` at stock vLLM V1's budget (see ``stock_budget``) | ``RoundRobinRouter`` |
@@ -33,17 +33,11 @@ keep them within [``macro_min``, ``macro_size``] (N_l, N_u); see ``autoscale.py`
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 
-from ecoserve.policy import (
-    SLO,
-    InstanceState,
-    MitosisConfig,
-    MitosisPlanner,
-    PrefillTimePredictor,
-    make_router,
-)
+from ecoserve.policy import SLO, InstanceState, MitosisConfig, PolicyConfig
+from ecoserve.policy.config import require_macros
+from ecoserve.policy.config import SIM_POLICIES as POLICIES
 from ecoserve.sim.autoscale import SimAutoscaler
 from ecoserve.sim.core import RouterDriver, Simulator
 from ecoserve.sim.engine import SimEngine
@@ -51,8 +45,6 @@ from ecoserve.sim.engine_model import EngineModel, ProfileModel, RooflineModel
 from ecoserve.sim.fudg import FuDGDriver, Link
 from ecoserve.sim.specs import HARDWARE, MODELS, default_tp
 
-POLICIES = ("ecoserve", "vllm", "sarathi", "distserve", "mooncake", "round-robin", "least-loaded")
-PAPER_POLICIES = ("ecoserve", "vllm", "sarathi", "distserve", "mooncake")
 SARATHI_BUDGETS = (256, 512, 1024, 2048)
 
 _NODG = {  # policy: (engine behaviour, router); "stock" is sarathi at stock_budget
@@ -110,9 +102,10 @@ class SimConfig:
         if self.model in MODELS and self.hardware not in HARDWARE:
             raise ValueError(f"unknown hardware {self.hardware!r}; choose from {', '.join(HARDWARE)}")
         if self.autoscale:
-            if self.policy != "ecoserve":
-                raise ValueError(f"autoscaling (mitosis) needs EcoServe's macro instances, not {self.policy!r}")
-            _ = self.mitosis  # validates N_l, N_u and the bounds
+            require_macros(self.policy)
+        if self.policy not in ("distserve", "mooncake"):
+            self.policy_config()  # validates the router's settings (N_l, N_u, slack mode, ...)
+        if self.autoscale:
             if not self.min_instances <= self.instances <= self.max_instances:
                 raise ValueError(f"the starting {self.instances} instances must lie within "
                                  f"[min {self.min_instances}, max {self.max_instances}]")
@@ -126,6 +119,16 @@ class SimConfig:
             max_instances=self.max_instances, ttft_window_s=self.ttft_window_s,
             cooldown_s=self.scale_cooldown_s, scale_in_hold_s=self.scale_in_hold_s,
         )
+
+    def policy_config(self, prefill_points: tuple[tuple[int, float], ...] | None = None) -> PolicyConfig:
+        """The router's configuration, as the live coordinator builds it; the
+        sim-only baselines (vllm, sarathi) route least-loaded."""
+        router = _NODG[self.policy][1] if self.policy in _NODG else self.policy
+        return PolicyConfig(
+            router, self.slo, slack_mode=self.slack_mode, output_reservation=self.output_reservation,  # type: ignore[arg-type]
+            decode_margin_s=self.decode_margin_s, mitosis=self.mitosis, autoscale=self.autoscale,
+            prefill_points=prefill_points,
+        )  # fmt: skip
 
     @property
     def tp_(self) -> int:
@@ -255,26 +258,19 @@ def build(cfg: SimConfig) -> Cluster:
     if cfg.policy in ("distserve", "mooncake"):
         return _build_fudg(cfg, sim)
     model = cfg.engine_model()
+    pcfg = cfg.policy_config(PolicyConfig.points_of(model.prefill_points()))
+    predictor = pcfg.predictor()
+    router = pcfg.build_router(predictor)
     if cfg.policy == "ecoserve":
 
         def new_engine(eid: str) -> SimEngine:
             return SimEngine(sim, eid, model, "phased", max_num_seqs=cfg.max_num_seqs, node=int(eid[1:]))
 
         engines = [new_engine(f"i{k}") for k in range(cfg.instances)]
-        predictor = PrefillTimePredictor(points=model.prefill_points())
-        router = make_router(
-            "ecoserve", cfg.slo, predictor, slack_mode=cfg.slack_mode,
-            output_reservation=cfg.output_reservation, decode_margin_s=cfg.decode_margin_s,
-        )
-        groups = math.ceil(cfg.instances / cfg.macro_size)
-        sizes = [cfg.instances // groups + (1 if g < cfg.instances % groups else 0) for g in range(groups)]
-        k = 0
-        for g, size in enumerate(sizes):
-            for _ in range(size):
-                e = engines[k]
-                router.add_instance(InstanceState(e.id, e.capacity, max_requests=e.max_num_seqs), 0.0, macro=g)
-                k += 1
-        info = {"macro_instances": sizes}
+        for k, e in enumerate(engines):
+            inst = InstanceState(e.id, e.capacity, max_requests=e.max_num_seqs)
+            router.add_instance(inst, 0.0, macro=pcfg.starting_macro(k, cfg.instances))
+        info = {"macro_instances": pcfg.starting_layout(cfg.instances)}
     else:
         mode, rname = _NODG[cfg.policy]
         budget = cfg.token_budget()
@@ -284,13 +280,12 @@ def build(cfg: SimConfig) -> Cluster:
             SimEngine(sim, f"i{k}", model, mode, token_budget=budget, max_num_seqs=cfg.max_num_seqs, node=k)
             for k in range(cfg.instances)
         ]
-        router = make_router(rname, cfg.slo, PrefillTimePredictor(points=model.prefill_points()))
         for e in engines:
             router.add_instance(InstanceState(e.id, e.capacity), 0.0)
         info = {"router": rname, "engine": mode}
         if budget:
             info["chunk_size"] = budget
-    driver = RouterDriver(sim, router, engines, tick_s=cfg.tick_s)
+    driver = RouterDriver(sim, router, engines, tick_s=cfg.tick_s, predictor=predictor)
     sim.driver = driver
     sim.engines = engines
     info["kv_capacity_tokens"] = engines[0].capacity
@@ -302,7 +297,8 @@ def build(cfg: SimConfig) -> Cluster:
             cluster.engines.append(e)
             return e
 
-        planner = MitosisPlanner(cfg.slo, cfg.mitosis)
+        planner = pcfg.planner()
+        assert planner is not None
         cluster.autoscaler = SimAutoscaler(sim, driver, planner, launched, launch_delay_s=cfg.launch_delay_s,
                                            interval_s=cfg.scale_interval_s)
         cluster.autoscaler.start(0.0)

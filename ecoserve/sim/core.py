@@ -23,6 +23,10 @@ the segment. As soon as a request is pending, every engine falls back to one
 step at a time and reports each step as it ends, so the router re-offers its
 queue exactly when the live coordinator would. ``fast_forward=False``
 simulates every step as its own event (same results, slower).
+
+Observers (``observer.py``): ``Simulator.observers`` lists ``SimObserver``s
+that the engines and drivers report to as the run goes; empty, it costs
+nothing but the test.
 """
 
 from __future__ import annotations
@@ -31,9 +35,13 @@ import heapq
 import math
 from collections.abc import Callable, Sequence
 
+from ecoserve.metrics import tpot_of
 from ecoserve.policy import Drained, Queued, Rejected, RequestState, Routed, SetPhase
+from ecoserve.policy.constraints import ConstraintChecker
+from ecoserve.policy.predictor import PrefillTimePredictor
 from ecoserve.policy.router import Router
 from ecoserve.sim.engine import SimEngine, SimRequest
+from ecoserve.sim.observer import SimObserver
 from ecoserve.workload.workload import Request
 
 _STEP, _CALL, _ARRIVAL = 0, 1, 2
@@ -58,15 +66,21 @@ class Simulator:
         self.failures = 0
         self.stopped_early = False
         self.arrivals_left = 0  # arrivals of the current run not yet delivered
+        # Watchers of the run (observer.py); append before ``run``.
+        self.observers: list[SimObserver] = []
 
     def note_first_token(self, r: SimRequest, t: float) -> None:
+        for o in self.observers:
+            o.on_first_token(r, t)
         if t - r.arrival > self.slo_ttft:
             self._fail()
 
     def note_finish(self, r: SimRequest, t: float) -> None:
-        if r.first_token - r.arrival <= self.slo_ttft and r.output > 1:
-            if (t - r.first_token) / (r.output - 1) > self.slo_tpot:
-                self._fail()
+        for o in self.observers:
+            o.on_finish(r, t)
+        tpot = tpot_of(r.first_token, t, r.output)
+        if r.first_token - r.arrival <= self.slo_ttft and tpot is not None and tpot > self.slo_tpot:
+            self._fail()
 
     def note_rejected(self, r: SimRequest) -> None:
         self._fail()
@@ -91,6 +105,8 @@ class Simulator:
         reqs = [SimRequest(r.id, r.arrival, r.prompt_tokens, r.output_tokens) for r in requests]
         if any(b.arrival < a.arrival for a, b in zip(reqs, reqs[1:])):
             raise ValueError("requests must be sorted by arrival time")
+        if self.observers and isinstance(self.driver, RouterDriver):
+            self.driver.tap_checks()
         heap = self.heap
         push, pop = heapq.heappush, heapq.heappop
         n = len(reqs)
@@ -124,19 +140,22 @@ class Simulator:
 class RouterDriver:
     """Connects a policy ``Router`` to simulated engines (see the module docstring)."""
 
-    def __init__(self, sim: Simulator, router: Router, engines: Sequence[SimEngine], *, tick_s: float = 0.01) -> None:
+    def __init__(self, sim: Simulator, router: Router, engines: Sequence[SimEngine], *, tick_s: float = 0.01,
+                 predictor: PrefillTimePredictor | None = None) -> None:  # fmt: skip
         self.sim = sim
         self.router = router
-        self.engines = list(engines)
-        self.by_id = {e.id: e for e in self.engines}
+        self.engines: list[SimEngine] = []
+        self.by_id: dict[str, SimEngine] = {}
+        for e in engines:
+            self.add_engine(e)
         self.tick_s = tick_s
+        # The router's predictor, corrected online from pure prefill steps as
+        # the live coordinator corrects it from the engines' step records.
+        self.predictor = predictor
         self.fine_grained = False
         self.reqs: dict[str, SimRequest] = {}
         self._tick_armed = False
-        has = getattr(router, "has_pending", None)
-        if has is None:
-            has = lambda: router.pending_len() > 0  # noqa: E731
-        self._has_pending = has
+        self._has_pending = router.has_pending
         self.counts = {"queued": 0, "rejected": 0, "routed": 0, "ticks": 0, "set_phase": 0}
         self.done = 0  # requests finished or rejected
         # Hooks for an autoscaler (``autoscale.py``): first tokens feed its TTFT
@@ -145,9 +164,18 @@ class RouterDriver:
         self.on_drained: Callable[[str, float], None] | None = None
 
     def add_engine(self, engine: SimEngine) -> None:
-        """A launched engine joins (the router learns of it separately)."""
+        """An engine joins (the router learns of it separately). A phased
+        engine starts in the phase the router expects of its instances, as a
+        live engine is commanded into it when attached."""
+        if engine.mode == "phased":
+            engine.phase = self.router.initial_phase
         self.engines.append(engine)
         self.by_id[engine.id] = engine
+
+    def on_step(self, engine: SimEngine, kind: str, prefill_tokens: int, seconds: float) -> None:
+        """An engine step ended (before its tokens are reported)."""
+        if self.predictor is not None:
+            self.predictor.observe_step(kind, prefill_tokens, seconds)
 
     def remove_engine(self, engine_id: str) -> SimEngine:
         """A drained engine leaves; it must hold no request."""
@@ -156,6 +184,30 @@ class RouterDriver:
             raise AssertionError(f"{engine_id} drained with requests still on it")
         self.engines.remove(e)
         return e
+
+    def wrap_checker(self, wrap: Callable[[ConstraintChecker], ConstraintChecker]) -> ConstraintChecker | None:
+        """Route by ``wrap(checker)`` instead of the router's constraint check
+        (what-if experiments). Returns the new checker, or None if the router
+        has none (the baselines check nothing)."""
+        old = self.router.constraint_checker()
+        if old is None:
+            return None
+        new = wrap(old)
+        self.router.use_checker(new)
+        return new
+
+    def tap_checks(self) -> None:
+        """Report every constraint check to the simulator's observers."""
+        checker = self.router.constraint_checker()
+        if checker is None:
+            return
+        observers = self.sim.observers
+
+        def on_check(inst, req, res, now: float) -> None:
+            for o in observers:
+                o.on_check(inst, req, res, now)
+
+        checker.on_check = on_check
 
     def unfinished(self) -> int:
         """Requests that arrived and have not finished (or been rejected)."""
@@ -217,7 +269,10 @@ class RouterDriver:
 
     def _apply(self, actions, now: float) -> None:
         touched: list[SimEngine] = []
+        observers = self.sim.observers
         for a in actions:
+            for o in observers:
+                o.on_action(a, now)
             cls = a.__class__
             if cls is Routed:
                 e = self.by_id[a.instance_id]

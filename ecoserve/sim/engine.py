@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 from ecoserve.policy.phase import Phase
 from ecoserve.sim.engine_model import EngineModel
+from ecoserve.sim.observer import StepRecord
 
 if TYPE_CHECKING:
     from ecoserve.sim.core import Simulator
@@ -144,6 +145,8 @@ class SimEngine:
         req.engine = self
         self.waiting.append(req)
         self.queued_prefill += req.target - req.prefilled
+        for o in self.sim.observers:
+            o.on_enqueue(self.id, req, now)
         if kick:
             self.kick(now)
 
@@ -154,6 +157,8 @@ class SimEngine:
         self.kv_used += req.kv
         self.incoming -= 1
         self.running.append(req)
+        for o in self.sim.observers:
+            o.on_enqueue(self.id, req, now)
         self.kick(now)
 
     def release(self, req: SimRequest, now: float) -> None:
@@ -165,6 +170,8 @@ class SimEngine:
     def set_phase(self, phase: Phase, now: float, kick: bool = True) -> None:
         if phase is self.phase:
             return
+        for o in self.sim.observers:
+            o.on_phase(self.id, self.phase, phase, now)
         self.phase = phase
         self.stats.phase_switches += 1
         if kick:
@@ -344,6 +351,13 @@ class SimEngine:
         chunks, decode, k = self._chunks, self._decode, len(self._ends)
         st = self.stats
         st.busy_s += now - self._start
+        if self.sim.observers:
+            rec = StepRecord(self.id, self._start, now, k, tuple((r.id, n) for r, n in chunks),
+                             tuple(r.id for r in decode))
+            for o in self.sim.observers:
+                o.on_step(rec)
+        if chunks and not decode:  # a pure prefill step (one step: fast-forward runs decodes only)
+            driver.on_step(self, "prefill", sum(n for _, n in chunks), now - self._start)
         finished: list[SimRequest] = []
         if chunks:
             st.prefill_steps += 1 if not decode else 0

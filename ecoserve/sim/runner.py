@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ecoserve.metrics import LEVELS, RequestRecord, find_goodput, summarize
-from ecoserve.sim.cluster import SimConfig, build, candidates
+from ecoserve.sim.cluster import Cluster, SimConfig, build, candidates
 from ecoserve.workload.arrivals import RateSteps, expected_arrivals, warp_to_steps
 from ecoserve.workload.workload import Request, WorkloadTemplate
 
@@ -32,12 +32,16 @@ class RunResult:
 
 
 def simulate(
-    cfg: SimConfig, requests: Sequence[Request], rate: float | None = None, *, stop_below: float | None = None
+    cfg: SimConfig, requests: Sequence[Request], rate: float | None = None, *, stop_below: float | None = None,
+    setup: Callable[[Cluster], None] | None = None,
 ) -> RunResult:
     """One configuration, one workload. With ``stop_below``, the run ends as soon
     as attainment is sure to fall below that level (the rest count as misses):
-    enough for a goodput search, which only asks "above or below?"."""
+    enough for a goodput search, which only asks "above or below?". ``setup``
+    gets the cluster before it runs (to add observers, see ``observer.py``)."""
     cluster = build(cfg)
+    if setup is not None:
+        setup(cluster)
     sim = cluster.sim
     sim.slo_ttft, sim.slo_tpot = cfg.slo_ttft, cfg.slo_tpot
     if stop_below is not None:
@@ -156,6 +160,7 @@ def sweep_policy(
     min_duration: float = 120.0,
     on_eval: Callable[[str, float, float], None] | None = None,
     extra_rates: Sequence[float] = (),
+    setup: Callable[[Cluster], None] | None = None,
 ) -> PolicySweep:
     """Goodput per level of one policy; for baselines, the best over its candidate
     configurations at each level (the paper's "best P:D ratio by sweep").
@@ -163,7 +168,8 @@ def sweep_policy(
     Each rate runs ``template.count_for(rate, min_duration)`` requests: at least
     ``num_requests``, and enough that arrivals last ``min_duration`` seconds, so
     an overload shows as a growing queue rather than passing as one short
-    burst. Runs stop early once below the lowest level asked for."""
+    burst. Runs stop early once below the lowest level asked for. ``setup``
+    goes to every ``simulate``."""
     levels = dict(LEVELS if levels is None else levels)
     t0 = time.perf_counter()
     cap = estimate_capacity(cfg, template)
@@ -178,7 +184,7 @@ def sweep_policy(
 
         def attain(rate: float, cand=cand) -> float:
             reqs = template.at_rate(rate, template.count_for(rate, min_duration))
-            a = simulate(cand, reqs, rate, stop_below=floor).attainment
+            a = simulate(cand, reqs, rate, stop_below=floor, setup=setup).attainment
             if on_eval is not None:
                 on_eval(cfg.policy, rate, a)
             return a

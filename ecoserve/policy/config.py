@@ -1,0 +1,119 @@
+"""One validated policy configuration, built in one place.
+
+The CLI (``serve`` and ``simulate``), the Python API, the live coordinator and
+the simulator all describe the policy with a ``PolicyConfig`` and build their
+router, predictor and mitosis planner from it, so no rule (which policies
+exist, what autoscaling needs, how engines are laid out at start, where the
+predictor comes from) is written twice. Invalid settings raise ValueError here,
+once, with a message fit for a user.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ecoserve.policy.constraints import ConstraintChecker, SlackMode
+from ecoserve.policy.least_loaded import LeastLoadedRouter
+from ecoserve.policy.mitosis import MitosisConfig, MitosisPlanner
+from ecoserve.policy.overall import OverallScheduler
+from ecoserve.policy.predictor import PrefillTimePredictor
+from ecoserve.policy.round_robin import RoundRobinRouter
+from ecoserve.policy.router import Router
+from ecoserve.policy.slo import SLO
+
+# The routing policies that drive real engines (``ecoserve serve --policy``).
+POLICIES = ("ecoserve", "round-robin", "least-loaded")
+# The paper's comparison. Its baselines are engine behaviours that exist only in
+# the simulator (sim/cluster.py), which also runs the live routing baselines.
+PAPER_POLICIES = ("ecoserve", "vllm", "sarathi", "distserve", "mooncake")
+SIM_POLICIES = PAPER_POLICIES + tuple(p for p in POLICIES if p not in PAPER_POLICIES)
+
+# The prefill-time predictor's starting model when no profile is given:
+# 10 ms + 1 ms per prompt token. Deliberately pessimistic for small models (a
+# slow prediction only makes windows smaller, never late); prefill step records
+# correct it online, by a factor within [0.2, 5].
+DEFAULT_PREFILL_COEFFS = (0.01, 1e-3, 0.0)
+
+
+def require_macros(policy: str) -> None:
+    """Autoscaling (mitosis) splits and merges macro instances: only EcoServe has them."""
+    if policy != "ecoserve":
+        raise ValueError(f"autoscaling (mitosis) needs --policy ecoserve (EcoServe's macro instances), not {policy!r}")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    policy: str = "ecoserve"
+    slo: SLO = SLO(5.0, 0.1)
+    # EcoServe's constraint check (see ConstraintChecker)
+    slack_mode: SlackMode = "min"
+    output_reservation: float = 1.0
+    decode_margin_s: float = 0.0
+    # Macro instances: N_l, N_u, and the fleet's bounds and triggers when
+    # autoscaling (mitosis) is on.
+    mitosis: MitosisConfig = MitosisConfig()
+    autoscale: bool = False
+    # The predictor's base model: a measured profile's (prompt tokens, seconds)
+    # points, else a quadratic's coefficients (a, b, c).
+    prefill_points: tuple[tuple[int, float], ...] | None = None
+    prefill_coeffs: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
+        if self.autoscale:
+            require_macros(self.policy)
+        if self.prefill_points is not None and self.prefill_coeffs is not None:
+            raise ValueError("give the predictor a profile's points or coefficients, not both")
+        # Built once to validate slack_mode, output_reservation, decode_margin_s and the points.
+        ConstraintChecker(self.slo, self.predictor(), slack_mode=self.slack_mode,
+                          output_reservation=self.output_reservation, decode_margin_s=self.decode_margin_s)  # fmt: skip
+
+    @staticmethod
+    def points_of(points: Sequence[tuple[int, float]]) -> tuple[tuple[int, float], ...]:
+        """A profile's prefill points in the form ``prefill_points`` takes."""
+        return tuple((int(n), float(s)) for n, s in points)
+
+    def predictor(self) -> PrefillTimePredictor:
+        """A fresh predictor (each router owns one: it is corrected online)."""
+        if self.prefill_points is not None:
+            return PrefillTimePredictor(points=self.prefill_points)
+        return PrefillTimePredictor(coeffs=self.prefill_coeffs or DEFAULT_PREFILL_COEFFS)
+
+    def build_router(self, predictor: PrefillTimePredictor | None = None) -> Router:
+        """The router for this policy, around ``predictor`` (default: a fresh one)."""
+        if self.policy == "round-robin":
+            return RoundRobinRouter()
+        if self.policy == "least-loaded":
+            return LeastLoadedRouter()
+        checker = ConstraintChecker(
+            self.slo, predictor or self.predictor(), slack_mode=self.slack_mode,
+            output_reservation=self.output_reservation, decode_margin_s=self.decode_margin_s,
+        )  # fmt: skip
+        return OverallScheduler(checker)
+
+    def planner(self) -> MitosisPlanner | None:
+        """The mitosis planner when autoscaling is on, else None."""
+        return MitosisPlanner(self.slo, self.mitosis) if self.autoscale else None
+
+    def starting_layout(self, n: int) -> list[int]:
+        """Macro-instance sizes for a fleet of ``n`` engines at start: the
+        fewest groups of at most N_u, as even as possible (one group for the
+        baselines)."""
+        if n < 1:
+            raise ValueError("need at least one engine")
+        if self.policy != "ecoserve":
+            return [n]
+        groups = math.ceil(n / self.mitosis.macro_max)
+        return [n // groups + (1 if g < n % groups else 0) for g in range(groups)]
+
+    def starting_macro(self, k: int, n: int) -> int:
+        """The macro instance the ``k``-th of ``n`` starting engines joins."""
+        total = 0
+        for g, size in enumerate(self.starting_layout(n)):
+            total += size
+            if k < total:
+                return g
+        raise IndexError(f"engine {k} of {n}")
