@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from ecoserve.cli.simulate import _clean, _r, _workload_json
+from ecoserve.cli.options import json_clean, rounded, run_json, workload_json, write_records
 
 
 def bench_options(f):
@@ -109,7 +109,7 @@ class _Setup:
                 "slo_tpot": self.slo_tpot, "max_context": self.max_context, "prompt_form": prompt_form}
 
     def workload(self) -> dict:
-        w = _workload_json(self.template)
+        w = workload_json(self.template)
         if self.template.truncated:
             w["note"] = (f"{self.template.truncated} request(s) clipped to the server's context of "
                          f"{self.max_context} tokens (prompt + output)")
@@ -117,22 +117,8 @@ class _Setup:
 
 
 def _run_json(label, run, setup: _Setup, prompt_form: str, wall: float) -> dict:
-    s = run.summary
-    return {
-        "policy": label,
-        "rate": run.rate,
-        "num_requests": s["num_requests"],
-        "attainment": s["attainment"],
-        "ttft": {k: _r(v) for k, v in s["ttft"].items()},
-        "tpot": {k: _r(v, 5) for k, v in s["tpot"].items()},
-        "finished": s["finished"],
-        "ttft_attainment": s["ttft_attainment"],
-        "tpot_attainment": s["tpot_attainment"],
-        "config": setup.config(prompt_form),
-        "workload": setup.workload(),
-        "stats": run.load.stats(),
-        "wall_seconds": round(wall, 3),
-    }
+    return run_json(label, run.rate, run.summary, config=setup.config(prompt_form), workload=setup.workload(),
+                    stats=run.load.stats(), wall_seconds=round(wall, 3))  # fmt: skip
 
 
 def _warn_failures(run) -> None:
@@ -167,11 +153,10 @@ def run_cmd(rate, records_path, prompt_form, base_url, model, tokenizer, dataset
     out = _run_json(label, run, setup, prompt_form, time.perf_counter() - t0)
     _warn_failures(run)
     if records_path:
-        from ecoserve.cli.simulate import _write_records
 
-        _write_records(records_path, run.load.records)
+        write_records(records_path, run.load.records)
     if as_json:
-        click.echo(json.dumps(_clean(out)))
+        click.echo(json.dumps(json_clean(out)))
         return
     s = run.summary
     click.echo(f"{label} at {setup.target.base_url}, {setup.template.name}, {eff:.3g} req/s, "
@@ -246,7 +231,7 @@ def sweep_cmd(rates, search, start_rate, tolerance, max_runs, levels, min_durati
     result = {
         "policy": label,
         "goodput_rps": {k: round(v, 4) for k, v in goodput.items()},
-        "points": [{"rate": r, "attainment": _r(a)} for r, a in curve],
+        "points": [{"rate": r, "attainment": rounded(a)} for r, a in curve],
         "runs": [{k: runs[r][k] for k in ("rate", "attainment", "ttft", "tpot", "finished", "stats")}
                  for r, _ in curve],
     }  # fmt: skip
@@ -260,7 +245,7 @@ def sweep_cmd(rates, search, start_rate, tolerance, max_runs, levels, min_durati
         plot_attainment({label: curve}, plot_path, title=title, levels=lv)
         out["plot"] = str(plot_path)
     if as_json:
-        click.echo(json.dumps(_clean(out)))
+        click.echo(json.dumps(json_clean(out)))
         return
     click.echo(f"goodput (req/s) of {label} at {setup.target.base_url}, {setup.template.name}, "
                f"SLO {setup.slo_ttft:g} s / {setup.slo_tpot * 1e3:g} ms")

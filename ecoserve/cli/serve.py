@@ -25,7 +25,9 @@ from pathlib import Path
 
 import click
 
+from ecoserve.cli.options import policy_options
 from ecoserve.policy import POLICIES
+from vllm_plugin import SCHEDULER_CLS
 
 GRACEFUL_S = 5.0
 
@@ -40,15 +42,16 @@ def _coeffs(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
     return a, b, c
 
 
-def _profile_coeffs(path: str) -> tuple[float, float, float]:
-    from ecoserve.policy import PrefillTimePredictor
+def _profile_points(path: str) -> tuple[tuple[int, float], ...]:
+    """A measured profile's prefill points, as the simulator's predictor reads them."""
+    from ecoserve.policy import PolicyConfig
     from ecoserve.workload import load_profile
 
     try:
         points = load_profile(path)
-        if len(points) < 3:
-            raise ValueError("needs at least three prefill points")
-        return PrefillTimePredictor.fit_quadratic(points).coeffs
+        if not points:
+            raise ValueError("has no prefill points")
+        return PolicyConfig.points_of(points)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--profile") from None
 
@@ -92,7 +95,7 @@ def _ensure_model(path: str, size: str) -> None:
     multiple=True,
     metavar="URL",
     help="Attach to a running vLLM engine started with VLLM_PLUGINS=ecoserve and "
-    "--scheduler-cls vllm_plugin.scheduler.EcoServeScheduler (repeatable). Instead of --model.",
+    f"--scheduler-cls {SCHEDULER_CLS} (repeatable). Instead of --model.",
 )
 @click.option(
     "--launcher",
@@ -155,8 +158,8 @@ def _ensure_model(path: str, size: str) -> None:
     "profile_path",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
-    help="Seed the prefill-time model from an engine profile (`ecoserve profile --out FILE`): a quadratic "
-    "fitted to its prefill points. Instead of --prefill-coeffs.",
+    help="Seed the prefill-time model from an engine profile (`ecoserve profile --out FILE`): its prefill "
+    "points, interpolated (as `ecoserve simulate --model PROFILE` does). Instead of --prefill-coeffs.",
 )
 @click.option(
     "--device",
@@ -255,9 +258,10 @@ def _ensure_model(path: str, size: str) -> None:
     help="On SIGTERM/SIGINT: refuse new requests (503; /health 503) and let those in flight finish for up "
     "to this long, then stop the engines. A second signal stops at once.",
 )
+@policy_options
 @click.argument("engine_args", nargs=-1, type=click.UNPROCESSED)
 def serve(model, engines, engine_urls, launcher_kind, ray_address, host, port, policy, slo_ttft, slo_tpot, api_key,
-          prefill_coeffs, profile_path, device,
+          prefill_coeffs, profile_path, slack_mode, output_reservation, decode_margin_s, device,
           cpu_kv_cache_gib, tokenizer, engine_api_key, log_dir, startup_timeout, max_pending, max_body_bytes,
           generate_model, log_level, min_engines, max_engines, macro_min, macro_max, scale_cooldown, scale_in_hold,
           ttft_window, replace_failed, shutdown_grace, engine_args) -> None:  # fmt: skip
@@ -275,24 +279,28 @@ def serve(model, engines, engine_urls, launcher_kind, ray_address, host, port, p
     if model and model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
         raise click.ClickException(f"model directory {model} does not exist "
                                    "(--generate-model tiny writes a random-weight test model there)")  # fmt: skip
-    from ecoserve.live.coordinator import DEFAULT_PREFILL_COEFFS, Coordinator
+    from ecoserve.live import Coordinator
+    from ecoserve.policy import SLO, PolicyConfig
 
-    if profile_path:
-        if prefill_coeffs:
-            raise click.UsageError("give --profile or --prefill-coeffs, not both")
-        prefill_coeffs = _profile_coeffs(profile_path)
-
-    autoscale = _autoscale_config(engines, min_engines, max_engines, macro_min, macro_max, scale_cooldown,
-                                  scale_in_hold, ttft_window, policy, bool(engine_urls))  # fmt: skip
+    if profile_path and prefill_coeffs:
+        raise click.UsageError("give --profile or --prefill-coeffs, not both")
+    mitosis, autoscale = _autoscale_config(engines, min_engines, max_engines, macro_min, macro_max, scale_cooldown,
+                                           scale_in_hold, ttft_window, bool(engine_urls))  # fmt: skip
+    try:
+        config = PolicyConfig(
+            policy, SLO(slo_ttft, slo_tpot), slack_mode=slack_mode, output_reservation=output_reservation,
+            decode_margin_s=decode_margin_s, mitosis=mitosis, autoscale=autoscale,
+            prefill_points=_profile_points(profile_path) if profile_path else None, prefill_coeffs=prefill_coeffs,
+        )  # fmt: skip
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     sock = _bind(host, port)
     launcher = _ray_launcher(launcher_kind, ray_address, model, engine_args, device, log_dir, cpu_kv_cache_gib)
     coord = Coordinator(
-        model, engines=engines, engine_urls=engine_urls, policy=policy, slo_ttft=slo_ttft, slo_tpot=slo_tpot,
-        engine_args=list(engine_args), device=device, log_dir=log_dir, startup_timeout=startup_timeout,
-        tokenizer=tokenizer, prefill_coeffs=prefill_coeffs or DEFAULT_PREFILL_COEFFS, engine_api_key=engine_api_key,
-        max_pending=max_pending, cpu_kv_cache_gib=cpu_kv_cache_gib, autoscale=autoscale,
-        max_engines=max_engines, replace_failed=replace_failed,
-        launcher=launcher,
+        model, engines=engines, engine_urls=engine_urls, config=config, engine_args=list(engine_args),
+        device=device, log_dir=log_dir, startup_timeout=startup_timeout, tokenizer=tokenizer,
+        engine_api_key=engine_api_key, max_pending=max_pending, cpu_kv_cache_gib=cpu_kv_cache_gib,
+        max_engines=max_engines, replace_failed=replace_failed, launcher=launcher,
     )  # fmt: skip
     try:
         code = _run(_main(coord, sock, api_key, max_body_bytes, log_level, shutdown_grace))
@@ -321,27 +329,22 @@ def _ray_launcher(kind, address, model, engine_args, device, log_dir, cpu_kv_cac
         raise click.ClickException(str(e)) from None
 
 
-def _autoscale_config(engines, min_engines, max_engines, macro_min, macro_max, cooldown, hold, window, policy,
-                      attached):  # fmt: skip
-    """The mitosis planner's settings, or None when autoscaling is off
-    (it is on when --max-engines exceeds --min-engines)."""
+def _autoscale_config(engines, min_engines, max_engines, macro_min, macro_max, cooldown, hold, window, attached):
+    """The mitosis planner's settings (N_l and N_u hold even without
+    autoscaling: they lay out the starting engines), and whether autoscaling is
+    on (when --max-engines exceeds --min-engines)."""
     from ecoserve.policy import MitosisConfig
 
     lo = min_engines or engines
     hi = max_engines or max(engines, lo)
-    if hi <= lo and max_engines is None:
-        return None
     if not lo <= engines <= hi:
         raise click.UsageError(f"need --min-engines ({lo}) <= --engines ({engines}) <= --max-engines ({hi})")
-    if hi == lo:
-        return None
-    if attached:
+    on = hi > lo
+    if on and attached:
         raise click.UsageError("autoscaling launches engines: use --model, not --engine-url")
-    if policy != "ecoserve":
-        raise click.UsageError("autoscaling (mitosis) needs --policy ecoserve")
     try:
         return MitosisConfig(macro_min=macro_min, macro_max=macro_max, min_instances=lo, max_instances=hi,
-                             ttft_window_s=window, cooldown_s=cooldown, scale_in_hold_s=hold)  # fmt: skip
+                             ttft_window_s=window, cooldown_s=cooldown, scale_in_hold_s=hold), on  # fmt: skip
     except ValueError as e:
         raise click.UsageError(str(e)) from None
 

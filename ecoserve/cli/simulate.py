@@ -7,16 +7,17 @@ happen inside the commands, so ``ecoserve --help`` stays fast.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 import click
 
+from ecoserve.cli.options import json_clean, policy_options, run_json, workload_json, write_records
+from ecoserve.policy.config import PAPER_POLICIES
+from ecoserve.policy.config import SIM_POLICIES as ALL_POLICIES
+
 PRESET_MODELS = ("llama-30b", "codellama-34b", "qwen2-72b")
-ALL_POLICIES = ("ecoserve", "vllm", "sarathi", "distserve", "mooncake", "round-robin", "least-loaded")
-PAPER_POLICIES = "ecoserve,vllm,sarathi,distserve,mooncake"
 
 
 def _model_arg(ctx, param, value: str) -> str:
@@ -52,7 +53,8 @@ def common_options(f):
                      help="Instances (nodes of TP GPUs). FuDG baselines split the same GPUs into pools."),
         click.option("--dataset", default="sharegpt", show_default=True,
                      help="alpaca | sharegpt | longbench (synthetic lengths with the paper's means), azure (the "
-                          "Azure trace in ../shared/data), or PATH of an Azure CSV / Mooncake JSONL trace."),
+                          "Azure conversation trace shipped in the package), or PATH of an Azure CSV / Mooncake "
+                          "JSONL trace (plain or .gz)."),
         click.option("--replay/--no-replay", default=True, show_default=True,
                      help="Traces: replay their timestamps (time-scaled to --rate if given), or use them only "
                           "as an empirical length distribution under Poisson/Gamma arrivals."),
@@ -66,9 +68,6 @@ def common_options(f):
                           "(synthetic), the whole trace (replay)."),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Seeds lengths and arrivals; a run is a pure function of its options."),
-        click.option("--slack-mode", type=click.Choice(["mean", "min"]), default="min", show_default=True,
-                     help="EcoServe's TPOT check: the least saved TPOT of the decoders (default: "
-                          "protects every request) or their mean (the paper's check)."),
         click.option("--macro-size", "--macro-max", "macro_size", type=click.IntRange(1), default=11,
                      show_default=True,
                      help="EcoServe: instances per macro instance at most (N_u; the paper's run used 11). "
@@ -85,7 +84,7 @@ def common_options(f):
     ]
     for o in reversed(opts):
         f = o(f)
-    return f
+    return policy_options(f)
 
 
 @click.group("simulate", context_settings={"help_option_names": ["-h", "--help"]})
@@ -109,7 +108,7 @@ def simulate() -> None:
 
 
 def _setup(model, hardware, tp, instances, dataset, replay, slo_ttft, slo_tpot, burstiness, num_requests, seed,
-           slack_mode, macro_size, chunk_size, pd_ratio, policy="ecoserve"):
+           slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio, policy="ecoserve"):
     from ecoserve.sim import SimConfig
     from ecoserve.sim.specs import MODELS
     from ecoserve.workload import WorkloadTemplate, default_slo
@@ -123,6 +122,7 @@ def _setup(model, hardware, tp, instances, dataset, replay, slo_ttft, slo_tpot, 
     d_ttft, d_tpot = default_slo(template.name)
     cfg = SimConfig(policy=policy, model=model, hardware=hardware, tp=tp, instances=instances,
                     slo_ttft=slo_ttft or d_ttft, slo_tpot=slo_tpot or d_tpot, slack_mode=slack_mode,
+                    output_reservation=output_reservation, decode_margin_s=decode_margin_s,
                     macro_size=macro_size, chunk_size=chunk_size, pd_ratio=pd_ratio)
     return cfg, template
 
@@ -131,34 +131,6 @@ def _profile_ctx(path):
     from ecoserve.workload import EngineProfile
 
     return EngineProfile.load(path).max_context
-
-
-def _workload_json(template) -> dict:
-    p, o = template.mean_lengths()
-    out = {"dataset": template.name, "requests": len(template), "mean_prompt_tokens": round(p, 2),
-           "mean_output_tokens": round(o, 2), "seed": template.seed, "truncated_to_context": template.truncated}
-    if template.replay:
-        out["arrivals"] = "replay"
-        out["trace_rate"] = template.native_rate
-    else:
-        out["arrivals"] = "poisson" if template.burstiness == 1.0 else "gamma"
-        out["burstiness_cv"] = template.burstiness
-    return out
-
-
-def _clean(x):
-    """JSON has no NaN/inf: write null."""
-    if isinstance(x, float):
-        return None if (math.isnan(x) or math.isinf(x)) else x
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
-
-
-def _r(x, nd=4):
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, nd)
 
 
 def _steps_arg(ctx, param, value):
@@ -227,7 +199,7 @@ def autoscale_options(f):
 def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, max_instances, macro_min,
             launch_delay, scale_interval, scale_cooldown, ttft_window, scale_in_hold, timeline_path, window_s,
             plot_path, model, hardware, tp, instances, dataset, replay, slo_ttft, slo_tpot,
-            burstiness, num_requests, seed, slack_mode, macro_size, chunk_size, pd_ratio, as_json):
+            burstiness, num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio, as_json):
     """Simulate one policy at one rate (or a stepped load): attainment and
     TTFT/TPOT percentiles; with --autoscale, mitosis scaling and its timeline."""
     from dataclasses import replace
@@ -236,7 +208,7 @@ def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, ma
     from ecoserve.sim.runner import step_requests
 
     cfg, template = _setup(model, hardware, tp, instances, dataset, replay, slo_ttft, slo_tpot, burstiness,
-                           num_requests, seed, slack_mode, macro_size, chunk_size, pd_ratio, policy)
+                           num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio, policy)
     if rate_steps is not None and rate is not None:
         raise click.UsageError("give --rate or --rate-steps, not both")
     if rate is None and rate_steps is None and not template.replay:
@@ -274,31 +246,18 @@ def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, ma
         raise click.ClickException(str(e)) from None
     wall = time.perf_counter() - t0
     s = res.summary
-    out = {
-        "policy": policy,
-        "rate": eff_rate,
-        "num_requests": s["num_requests"],
-        "attainment": s["attainment"],
-        "ttft": {k: _r(v) for k, v in s["ttft"].items()},
-        "tpot": {k: _r(v, 5) for k, v in s["tpot"].items()},
-        "finished": s["finished"],
-        "ttft_attainment": s["ttft_attainment"],
-        "tpot_attainment": s["tpot_attainment"],
-        "config": res.config.describe(),
-        "workload": _workload_json(template),
-        "stats": res.stats,
-        "wall_seconds": round(wall, 3),
-    }
+    out = run_json(policy, eff_rate, s, config=res.config.describe(), workload=workload_json(template),
+                   stats=res.stats, wall_seconds=round(wall, 3))  # fmt: skip
     if res.tried:
         out["tried"] = res.tried
     if rate_steps is not None:
         out["rate_steps"] = [{"rate": r, "seconds": d} for r, d in rate_steps]
         out["workload"]["arrivals"] += " (stepped rate)"
     if records_path:
-        _write_records(records_path, res.records)
+        write_records(records_path, res.records)
     if res.timeline is not None:
         if timeline_path:
-            Path(timeline_path).write_text(json.dumps(_clean({**res.timeline, "rate_steps": out.get("rate_steps"),
+            Path(timeline_path).write_text(json.dumps(json_clean({**res.timeline, "rate_steps": out.get("rate_steps"),
                                                               "config": out["config"]})))
             out["timeline"] = str(timeline_path)
         if plot_path:
@@ -310,7 +269,7 @@ def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, ma
                                 f"N_l={c.macro_min}, N_u={c.macro_size}")
             out["plot"] = str(plot_path)
     if as_json:
-        click.echo(json.dumps(_clean(out)))
+        click.echo(json.dumps(json_clean(out)))
         return
     c = out["config"]
     click.echo(f"{policy} on {c['instances']} x {c['model']} ({c['hardware']}, TP={c['tp']}), "
@@ -335,20 +294,8 @@ def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, ma
     click.echo(f"  simulated {res.stats['sim_seconds']:.0f} s in {wall:.2f} s wall")
 
 
-def _write_records(path, records) -> None:
-    import csv
-
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "arrival", "prompt_tokens", "output_tokens", "ttft", "tpot", "e2e"])
-        for r in records:
-            w.writerow([r.id, f"{r.arrival:.6f}", r.prompt_tokens, r.output_tokens,
-                        "" if r.ttft is None else f"{r.ttft:.6f}", "" if r.tpot is None else f"{r.tpot:.6f}",
-                        "" if r.e2e is None else f"{r.e2e:.6f}"])
-
-
 @simulate.command("sweep")
-@click.option("--policies", default=PAPER_POLICIES, show_default=True,
+@click.option("--policies", default=",".join(PAPER_POLICIES), show_default=True,
               help="Comma-separated policies to compare.")
 @click.option("--levels", default="p50,p90,p99", show_default=True,
               help="Attainment levels to find the goodput for (pNN: NN% of requests meet both SLOs).")
@@ -367,7 +314,7 @@ def _write_records(path, records) -> None:
               help="Progress bar on stderr (default: when stderr is a terminal).")
 @common_options
 def sweep_cmd(policies, levels, tolerance, min_duration, start_rate, rates, plot_path, progress, model, hardware, tp, instances,
-              dataset, replay, slo_ttft, slo_tpot, burstiness, num_requests, seed, slack_mode, macro_size,
+              dataset, replay, slo_ttft, slo_tpot, burstiness, num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size,
               chunk_size, pd_ratio, as_json):
     """Goodput of each policy: the highest rate at which P50/P90/P99 of requests
     meet both SLOs, found by raising the rate until attainment fails and then
@@ -391,7 +338,7 @@ def sweep_cmd(policies, levels, tolerance, min_duration, start_rate, rates, plot
             raise click.BadParameter(f"bad level {name!r}", param_hint="--levels") from None
     extra = [float(x) for x in rates.split(",")] if rates else []
     base, template = _setup(model, hardware, tp, instances, dataset, replay, slo_ttft, slo_tpot, burstiness,
-                            num_requests, seed, slack_mode, macro_size, chunk_size, pd_ratio)
+                            num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio)
     bar = _progress(progress)
     results = []
     t0 = time.perf_counter()
@@ -413,7 +360,7 @@ def sweep_cmd(policies, levels, tolerance, min_duration, start_rate, rates, plot
         "results": [r.to_json() for r in results],
         "levels": lv,
         "config": {k: v for k, v in base.describe().items() if k != "policy"},
-        "workload": _workload_json(template),
+        "workload": workload_json(template),
         "wall_seconds": round(time.perf_counter() - t0, 2),
     }
     if plot_path:
@@ -424,7 +371,7 @@ def sweep_cmd(policies, levels, tolerance, min_duration, start_rate, rates, plot
         plot_attainment({r.policy: r.curve for r in results}, plot_path, title=title, levels=lv)
         out["plot"] = str(plot_path)
     if as_json:
-        click.echo(json.dumps(_clean(out)))
+        click.echo(json.dumps(json_clean(out)))
         return
     click.echo(f"goodput (req/s) of {base.instances} x {base.model} on {base.hardware}, {template.name}, "
                f"SLO {base.slo_ttft:g} s / {base.slo_tpot * 1e3:g} ms")

@@ -9,14 +9,14 @@ and the engine validates it.
 Typed fields are strict about JSON types (``"max_tokens": "5"``, ``true`` or
 ``5.0`` is refused rather than coerced) and numbers must be finite. The
 server also checks every field, passed-through ones included, for what JSON
-or the engine cannot carry (``ecoserve.server.app.check_values``).
+or the engine cannot carry (``validation.check_values``).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationInfo, field_validator
 
 Int = Annotated[int, Strict()]  # a JSON integer: no strings, booleans or 5.0
 Bool = Annotated[bool, Strict()]  # true or false: no "yes", 1
@@ -47,9 +47,16 @@ class _Sampling(_Passthrough):
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     user: str | None = None
 
+    @field_validator("stream_options")
+    @classmethod
+    def _only_when_streaming(cls, v: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        if v is not None and not info.data.get("stream"):
+            raise ValueError("Stream options can only be defined when `stream=True`")
+        return v
+
 
 class CompletionRequest(_Sampling):
-    prompt: str | TokenIds | list[str] | list[TokenIds] = Field(
+    prompt: str | TokenIds | Annotated[list[str], Field(min_length=1)] | Annotated[list[TokenIds], Field(min_length=1)] = Field(
         ..., description="Text, token ids, or a batch of either."
     )
     max_tokens: Int | None = Field(16, ge=1, description="Output tokens per choice (default 16, as OpenAI).")

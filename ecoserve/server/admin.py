@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ecoserve.live.coordinator import Coordinator, RequestError
+from ecoserve.live import Coordinator, RequestError
 
 
 class AddEngine(BaseModel):

@@ -10,7 +10,8 @@ balancers and scrapers).
 Nothing malformed gets past the front door: a request body must be JSON
 (``Content-Type: application/json``, or none: 415 otherwise) of at most
 ``max_body_bytes`` (16 MiB by default: 413 otherwise), then the schemas
-(``schemas.py``) and ``check_values`` validate every field (400), and the
+(``ecoserve.openai.schemas``) and ``check_values`` (``ecoserve.openai.validation``,
+the Python API's check too) validate every field (400), and the
 coordinator checks the model name (404) and the lengths against the model's
 context (400). Every refusal is OpenAI's error JSON (``errors.py``).
 """
@@ -18,7 +19,6 @@ context (400). Every refusal is OpenAI's error JSON (``errors.py``).
 from __future__ import annotations
 
 import hmac
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,20 +28,19 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from ecoserve import __version__
-from ecoserve.live.coordinator import CHAT, COMPLETIONS, Coordinator, RequestError
+from ecoserve.live import CHAT, COMPLETIONS, Coordinator, Observer, Observers, RequestError
 from ecoserve.server import errors
 from ecoserve.server.admin import admin_router
 from ecoserve.server.metrics import CONTENT_TYPE, Metrics
 from ecoserve.server.relay import ClientGone, DisconnectWatcher, SSEResponse
 from ecoserve.server.retry_after import RetryAdvisor
 from ecoserve.openai.schemas import ChatCompletionRequest, CompletionRequest, ErrorResponse, ModelCard, ModelList
+from ecoserve.openai.validation import check_values
 
 _enc = msgspec.json.Encoder()
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 502, 503)}
 _ERRORS.update({code: {"model": ErrorResponse} for code in (413, 415)})
 MAX_BODY_BYTES = 16 << 20  # 16 MiB: a 128k-token prompt as text is ~0.5 MiB; as JSON token ids ~1 MiB
-MAX_DEPTH = 64  # nesting of JSON arrays/objects in a request (response_format schemas nest a little)
-_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what the engine (msgspec, C, torch) can carry
 _STREAM_DOC = {"200": {"content": {"text/event-stream": {}, "application/json": {}},
                        "description": "A JSON reply, or server-sent events when `stream` is true."}}  # fmt: skip
 
@@ -125,44 +124,6 @@ class BodyGuard:
         await errors.error_response(status, message)(scope, receive, send)
 
 
-def check_values(body: dict[str, Any]) -> None:
-    """Refuse (400) what JSON allows but neither JSON nor the engine can carry,
-    anywhere in the body (passed-through fields included): NaN or infinite
-    numbers, integers beyond 64 bits, strings with lone surrogates (invalid
-    UTF-8), nesting deeper than MAX_DEPTH. Iterative: no recursion limit to hit."""
-    stack: list[tuple[Any, str, int]] = [(v, k, 1) for k, v in body.items()]
-    while stack:
-        value, where, depth = stack.pop()
-        param = where.split(".", 1)[0].split("[", 1)[0]
-        if isinstance(value, bool) or value is None:
-            continue
-        if isinstance(value, int):
-            if not _INT_MIN <= value <= _INT_MAX:
-                raise RequestError(400, f"`{where}`: integer {_short(value)} is out of range (64 bits at most)",
-                                   param=param)  # fmt: skip
-        elif isinstance(value, float):
-            if not math.isfinite(value):
-                raise RequestError(400, f"`{where}`: {value} is not a valid JSON number", param=param)
-        elif isinstance(value, str):
-            if not value.isascii():
-                try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError as e:
-                    raise RequestError(400, f"`{where}`: invalid unicode (lone surrogate at character {e.start})",
-                                       param=param) from None  # fmt: skip
-        elif isinstance(value, (list, dict)):
-            if depth >= MAX_DEPTH:
-                raise RequestError(400, f"`{where}`: nested too deeply (more than {MAX_DEPTH} levels)", param=param)
-            items = enumerate(value) if isinstance(value, list) else value.items()
-            for k, v in items:
-                stack.append((v, f"{where}[{k}]" if isinstance(value, list) else f"{where}.{k}", depth + 1))
-
-
-def _short(n: int) -> str:
-    text = str(n) if n.bit_length() < 200 else f"of {len(str(abs(n)))} digits"
-    return text
-
-
 def create_app(coord: Coordinator, *, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The app. ``max_body_bytes``: the largest request body accepted (413 beyond)."""
     app = FastAPI(
@@ -178,7 +139,8 @@ def create_app(coord: Coordinator, *, api_key: str | None = None, max_body_bytes
     advisor = RetryAdvisor(metrics)
     errors.install(app, count=count, retry_after=lambda: advisor.seconds(coord.max_pending))
     app.add_middleware(BodyGuard, max_body_bytes=max_body_bytes, count=count)
-    coord.observer = advisor
+    # The server's metrics observe beside whatever observer a Python-API user gave.
+    coord.observer = advisor if type(coord.observer) is Observer else Observers(coord.observer, advisor)
     app.state.coordinator = coord
     app.state.metrics = metrics
     app.state.draining = False  # set by `ecoserve serve` on SIGTERM

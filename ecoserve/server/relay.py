@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from starlette.responses import Response
 
-from ecoserve.live.coordinator import Generation
+from ecoserve.live.generation import Generation
 
 T = TypeVar("T")
 Receive = Callable[[], Awaitable[dict[str, Any]]]

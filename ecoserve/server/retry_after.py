@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable
 
-from ecoserve.live.coordinator import Observer
+from ecoserve.live import Observer
 
 WINDOW_S = 10
 MIN_S, MAX_S = 1, 60
