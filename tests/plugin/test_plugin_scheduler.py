@@ -26,7 +26,7 @@ from vllm.v1.outputs import ModelRunnerOutput  # noqa: E402
 from vllm.v1.request import Request  # noqa: E402
 from vllm.v1.structured_output import StructuredOutputManager  # noqa: E402
 
-from ecoserve.protocol import EngineStatus, ErrorReply, GetStatus, SetPhase, decode_reply, encode  # noqa: E402
+from ecoserve.protocol import EngineStatus, ErrorReply, GetStatus, PhaseCommand, decode_reply, encode  # noqa: E402
 from vllm_plugin.scheduler import EcoServeAsyncScheduler, EcoServeScheduler  # noqa: E402
 
 BLOCK = 16
@@ -216,7 +216,7 @@ def test_commands_and_zmq_channel(make_scheduler):
     assert s.eco_phase == "temporal"
 
     before = time.time()
-    reply = decode_reply(ctrl.handle(encode(SetPhase(phase="prefill"))))
+    reply = decode_reply(ctrl.handle(encode(PhaseCommand(phase="prefill"))))
     assert isinstance(reply, EngineStatus) and reply.phase == "prefill" and reply.phase_since >= before
     assert decode_reply(ctrl.handle(encode(GetStatus()))).phase_since == reply.phase_since  # idempotent
 
@@ -240,7 +240,7 @@ def test_commands_and_zmq_channel(make_scheduler):
 
     try:
         time.sleep(0.2)  # let the SUB connect
-        got = ask(encode(SetPhase(phase="decode")))
+        got = ask(encode(PhaseCommand(phase="decode")))
         assert isinstance(got, EngineStatus) and got.phase == "decode"
         assert isinstance(ask(b"\xff garbage"), ErrorReply)
         assert sub.poll(2000)  # the phase change was pushed

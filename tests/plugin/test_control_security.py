@@ -7,7 +7,7 @@ engine: with ``ECOSERVE_ZMQ_SECRET`` a subscriber or command client holding
 the secret gets through, one with a wrong secret or none gets nothing; bound
 beyond loopback without a secret, the channel refuses to open; on loopback
 without a secret it works as before. The real-engine counterpart (fuzzing
-the control channel of a running engine) is in tests/test_control_fuzz.py.
+the control channel of a running engine) is in tests/plugin/test_control_fuzz.py.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ecoserve.live.coordinator import Coordinator
-from ecoserve.testing.fake_engine import FakeEngine
 from ecoserve.server.app import MAX_BODY_BYTES, create_app
+from tests.live.helpers import fakes
 
 COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
 MAX_MODEL_LEN = 256
@@ -36,16 +36,12 @@ ERROR_KEYS = {"message", "type", "param", "code"}
 async def front_door(max_body_bytes: int = MAX_BODY_BYTES, **fake_kw):
     """The app on one fake engine (a small model: 256 tokens of context, 256 of KV),
     and an in-process client for it."""
-    engine = FakeEngine(**{"max_model_len": MAX_MODEL_LEN, "kv_blocks": 16, "block_size": 16, **fake_kw})
-    await engine.start()
-    try:
+    async with fakes(1, **{"max_model_len": MAX_MODEL_LEN, "kv_blocks": 16, "block_size": 16, **fake_kw}) as (engine,):
         async with Coordinator(engine_urls=[engine.url]) as coord:
             app = create_app(coord, max_body_bytes=max_body_bytes)
             transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
             async with httpx.AsyncClient(transport=transport, base_url="http://ecoserve", timeout=30) as client:
                 yield client, coord, engine
-    finally:
-        await engine.stop()
 
 
 def assert_openai_error(r: httpx.Response) -> dict:

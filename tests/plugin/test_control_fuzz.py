@@ -19,18 +19,15 @@ One engine, started as an operator would expose it: ZeroMQ sockets bound to
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 
 import httpx
 import msgspec
 import pytest
+
+from vllm_plugin import SCHEDULER_CLS
 
 zmq = pytest.importorskip("zmq")
 
@@ -39,7 +36,7 @@ from ecoserve.protocol import (  # noqa: E402
     EngineStatus,
     ErrorReply,
     GetStatus,
-    SetPhase,
+    PhaseCommand,
     decode_command,
     decode_reply,
     decode_status,
@@ -54,51 +51,16 @@ START_TIMEOUT_S = 300
 PHASES = ("temporal", "prefill", "decode", "mixed")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def engine(tiny_model, tmp_path_factory):
-    log_path = tmp_path_factory.mktemp("fuzz") / "engine.log"
-    port = _free_port()
-    env = dict(os.environ, VLLM_PLUGINS="ecoserve", VLLM_CPU_KVCACHE_SPACE="1", ECOSERVE_ZMQ_HOST="0.0.0.0",
-               ECOSERVE_ZMQ_ADVERTISE_HOST="127.0.0.1", ECOSERVE_ZMQ_SECRET=SECRET)  # fmt: skip
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model),
-           "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
-           "--max-model-len", "512", "--dtype", "bfloat16", "--api-key", API_KEY,
-           "--scheduler-cls", "vllm_plugin.scheduler.EcoServeScheduler"]  # fmt: skip
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None or time.time() > deadline:
-                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
-                pytest.fail(f"engine not ready (exit {proc.returncode}):\n{tail}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30) as http:
+def engine(tiny_model, tmp_path_factory, start_engine):
+    env = {"ECOSERVE_ZMQ_HOST": "0.0.0.0", "ECOSERVE_ZMQ_ADVERTISE_HOST": "127.0.0.1", "ECOSERVE_ZMQ_SECRET": SECRET}
+    with start_engine(tiny_model, "--served-model-name", "tiny", "--host", "127.0.0.1", "--enforce-eager",
+                      "--max-model-len", "512", "--dtype", "bfloat16", "--api-key", API_KEY,
+                      "--scheduler-cls", SCHEDULER_CLS,
+                      env=env, log_dir=tmp_path_factory.mktemp("fuzz")) as server:  # fmt: skip
+        server.wait_ready(START_TIMEOUT_S)
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30) as http:
             yield http
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
 
 
 # ---- generated bad commands (seeded: the same every run) --------------------------------
@@ -138,7 +100,7 @@ def bad_commands(n: int, seed: int = 0) -> list[tuple[str, bytes]]:
         "unknown-type": lambda: json.dumps({"type": rng.choice(["reboot", "exec", "", "SET_PHASE", 1, None]),
                                             "phase": "decode"}).encode(),  # fmt: skip
         "missing-type": lambda: json.dumps({"phase": rng.choice(PHASES)}).encode(),
-        "truncated": lambda: encode(SetPhase(phase=rng.choice(PHASES)))[: rng.randrange(1, 30)],
+        "truncated": lambda: encode(PhaseCommand(phase=rng.choice(PHASES)))[: rng.randrange(1, 30)],
     }
     names = list(makers)
     out = [(names[i % len(names)], makers[names[i % len(names)]]()) for i in range(n)]
@@ -214,7 +176,7 @@ def test_fuzzed_commands_are_rejected_and_the_engine_keeps_serving(engine):
                 counts["http-phase " + category] += 1
             if i % 25 == 0:  # valid commands in between are still obeyed
                 phase = PHASES[(i // 25) % len(PHASES)]
-                assert dealer.call(encode(SetPhase(phase=phase))).phase == phase
+                assert dealer.call(encode(PhaseCommand(phase=phase))).phase == phase
                 assert decode_status(engine.post("/ecoserve/phase", json={"phase": "temporal"}).content).phase == "temporal"
 
         # Oversized: over ZeroMQ the socket drops the connection, no reply; over HTTP 413.

@@ -12,14 +12,9 @@ only need the shutdown plumbing, so they run against a stand-in engine
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -30,66 +25,6 @@ START_TIMEOUT_S = 300
 # With --max-model-len 8192: ~20 s of decoding for three on this 2-core machine. 1500 tokens
 # (3-4 s) ended before the drain could be probed, on a fast CI machine and here alike.
 LONG_TOKENS = 7000
-
-_FAKE = """
-import asyncio, sys
-from ecoserve.testing.fake_engine import FakeEngine
-
-async def main():
-    fake = FakeEngine(token_interval=0.05, publish=False)
-    await fake.start(port=int(sys.argv[1]))
-    await asyncio.Event().wait()
-
-asyncio.run(main())
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Serve:
-    """`ecoserve serve ARGS` in its own process group, with its output in ``log_dir``."""
-
-    def __init__(self, args: list[str], log_dir: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.out_path = log_dir / "serve.out"
-        self._out = open(self.out_path, "wb")
-        cmd = [sys.executable, "-m", "ecoserve.cli.serve", "--port", str(self.port), "--log-dir", str(log_dir), *args]
-        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
-        self.log_dir = log_dir
-
-    def output(self) -> str:
-        text = self.out_path.read_text(errors="replace")
-        for log in sorted(self.log_dir.glob("engine-*.log")):
-            text += f"\n----- {log.name} (tail) -----\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        return text
-
-    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"ecoserve serve exited ({self.proc.returncode}):\n{self.output()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        pytest.fail(f"ecoserve serve not ready after {timeout}s:\n{self.output()}")
-
-    def engine_pids(self) -> list[int]:
-        return [i["pid"] for i in httpx.get(self.url + "/ecoserve/status", timeout=10).json()["instances"] if i["pid"]]
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self._out.close()
 
 
 class Stream(threading.Thread):
@@ -150,12 +85,12 @@ def _refused_while_draining(url: str, streams: list[Stream]) -> tuple[httpx.Resp
 
 
 @pytest.mark.engine
-def test_sigterm_lets_streams_finish_refuses_new_requests_and_stops_engines(tiny_model, tmp_path):
-    serve = Serve(["--model", str(tiny_model), "--engines", "1", "--shutdown-grace", "120", "--",
-                   "--max-model-len", "8192", "--enforce-eager", "--dtype", "bfloat16"], tmp_path)  # fmt: skip
+def test_sigterm_lets_streams_finish_refuses_new_requests_and_stops_engines(tiny_model, tmp_path, start_serve):
+    serve = start_serve(["--model", str(tiny_model), "--engines", "1", "--shutdown-grace", "120", "--",
+                         "--max-model-len", "8192", "--enforce-eager", "--dtype", "bfloat16"], tmp_path)  # fmt: skip
     pids: list[int] = []
     try:
-        serve.wait_ready()
+        serve.wait_ready(START_TIMEOUT_S)
         pids = serve.engine_pids()
         assert pids and all(group_alive(p) for p in pids)
         streams = [Stream(serve.url, LONG_TOKENS) for _ in range(3)]
@@ -181,34 +116,17 @@ def test_sigterm_lets_streams_finish_refuses_new_requests_and_stops_engines(tiny
         out = serve.output()
         assert "draining: new requests get 503" in out and "ecoserve: stopped" in out
     finally:
-        serve.kill()
-        for pid in pids:  # never leave an engine behind, even if the test failed
-            if group_alive(pid):
-                os.killpg(pid, signal.SIGKILL)
+        serve.kill(pids)  # never leave an engine behind, even if the test failed
 
 
 @pytest.fixture
-def fake_engine(tmp_path):
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-c", _FAKE, str(port)], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "fake.err", "wb"))  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    try:
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+def fake_engine(tmp_path, start_fake_engine):
+    with start_fake_engine(tmp_path, token_interval=0.05, publish=False) as fake:
+        yield fake.url
 
 
-def test_grace_runs_out_streams_end_with_an_error_event(fake_engine, tmp_path):
-    serve = Serve(["--engine-url", fake_engine, "--shutdown-grace", "1"], tmp_path)
+def test_grace_runs_out_streams_end_with_an_error_event(fake_engine, tmp_path, start_serve):
+    serve = start_serve(["--engine-url", fake_engine, "--shutdown-grace", "1"], tmp_path)
     try:
         serve.wait_ready(60)
         stream = Stream(serve.url, 2000)  # 100 s at 50 ms a token
@@ -227,8 +145,8 @@ def test_grace_runs_out_streams_end_with_an_error_event(fake_engine, tmp_path):
         serve.kill()
 
 
-def test_second_signal_stops_at_once(fake_engine, tmp_path):
-    serve = Serve(["--engine-url", fake_engine, "--shutdown-grace", "600"], tmp_path)
+def test_second_signal_stops_at_once(fake_engine, tmp_path, start_serve):
+    serve = start_serve(["--engine-url", fake_engine, "--shutdown-grace", "600"], tmp_path)
     try:
         serve.wait_ready(60)
         stream = Stream(serve.url, 2000)

@@ -7,55 +7,24 @@ the policy's prefill-time predictor."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 
-import httpx
 import pytest
+
+from vllm_plugin import SCHEDULER_CLS
 
 pytestmark = pytest.mark.engine
 START_TIMEOUT_S = 420  # one core of a shared 2-core machine
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def engine(tiny_model, tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("engine") / "engine.log"
-    env = dict(os.environ, VLLM_PLUGINS="ecoserve", VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND="0")
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model), "--port", str(port),
-           "--max-model-len", "512", "--enforce-eager", "--dtype", "bfloat16",
-           "--scheduler-cls", "vllm_plugin.scheduler.EcoServeScheduler"]  # fmt: skip
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"engine exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"engine not healthy after {START_TIMEOUT_S}s:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
-        yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+def engine(tiny_model, tmp_path_factory, start_engine):
+    with start_engine(tiny_model, "--max-model-len", "512", "--enforce-eager", "--dtype", "bfloat16",
+                      "--scheduler-cls", SCHEDULER_CLS,
+                      core=0, log_dir=tmp_path_factory.mktemp("engine")) as server:  # fmt: skip
+        server.wait_ready(START_TIMEOUT_S)
+        yield server.url
 
 
 def _ecoserve(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

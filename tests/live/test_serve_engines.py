@@ -13,13 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -32,77 +27,23 @@ pytestmark = pytest.mark.engine
 START_TIMEOUT_S = 420  # two engines on a shared 2-core machine
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Served:
-    def __init__(self, model: Path, log_dir: Path) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_dir = log_dir
-        self.out_path = log_dir / "serve.out"
-        self._out = open(self.out_path, "wb")
-        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
-        cmd = [
-            sys.executable, "-m", "ecoserve.cli.serve", "--model", str(model), "--engines", "2",
-            "--port", str(self.port), "--slo-ttft", "0.1", "--slo-tpot", "0.1", "--log-dir", str(log_dir),
-            "--", "--max-model-len", "512", "--enforce-eager", "--dtype", "bfloat16",
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
-        self.model = ""
-
-    def output(self) -> str:
-        text = self.out_path.read_text(errors="replace")
-        for log in sorted(self.log_dir.glob("engine-*.log")):
-            text += f"\n----- {log.name} (tail) -----\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        return text
-
-    def wait_ready(self) -> None:
-        deadline = time.time() + START_TIMEOUT_S
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"ecoserve serve exited ({self.proc.returncode}):\n{self.output()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    self.model = httpx.get(self.url + "/v1/models").json()["data"][0]["id"]
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        pytest.fail(f"ecoserve serve not ready after {START_TIMEOUT_S}s:\n{self.output()}")
-
-    def status(self) -> dict:
-        return httpx.get(self.url + "/ecoserve/status", timeout=10).json()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self._out.close()
-
-
 @pytest.fixture(scope="module")
-def served(tiny_model, tmp_path_factory):
-    s = Served(tiny_model, tmp_path_factory.mktemp("serve"))
+def served(tiny_model, tmp_path_factory, start_serve):
+    s = start_serve(["--model", str(tiny_model), "--engines", "2", "--slo-ttft", "0.1", "--slo-tpot", "0.1",
+                     "--", "--max-model-len", "512", "--enforce-eager", "--dtype", "bfloat16"],
+                    tmp_path_factory.mktemp("serve"))  # fmt: skip
+    pids = []
     try:
-        s.wait_ready()
+        s.wait_ready(START_TIMEOUT_S)
+        s.model = httpx.get(s.url + "/v1/models").json()["data"][0]["id"]
         yield s
     finally:
-        pids = []
         if s.proc.poll() is None:
             try:
-                pids = [i["pid"] for i in s.status()["instances"]]
+                pids = s.engine_pids()
             except Exception:
                 pass
-        s.kill()
-        for pid in pids:  # never leave engines behind, even if a test failed
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        s.kill(pids)  # never leave engines behind, even if a test failed
 
 
 @pytest.fixture

@@ -16,11 +16,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -39,25 +34,6 @@ OVERLOAD_REQUESTS = 5000
 # anything per request shows. Measured on a 2-core machine: +0.8 to +1.7 MiB.
 RSS_GROWTH_BOUND = 4 << 20
 
-_FAKE = """
-import asyncio, sys
-from ecoserve.testing.fake_engine import FakeEngine
-
-async def main():
-    fake = FakeEngine(kv_blocks=8, block_size=16, token_interval=0.2, publish=False)
-    await fake.start(port=int(sys.argv[1]))
-    print("ready", flush=True)
-    await asyncio.Event().wait()
-
-asyncio.run(main())
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -66,39 +42,17 @@ def _rss(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def _wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, f"{what} exited with {proc.returncode}"
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not ready after {timeout}s")
-
-
 @pytest.fixture(scope="module")
-def overloaded_server(tmp_path_factory):
+def overloaded_server(tmp_path_factory, start_fake_engine, start_serve):
     log_dir = tmp_path_factory.mktemp("overload")
-    procs: list[subprocess.Popen] = []
-    try:
-        engine_port, port = _free_port(), _free_port()
-        procs.append(subprocess.Popen([sys.executable, "-c", _FAKE, str(engine_port)], start_new_session=True,
-                                      stdout=open(log_dir / "fake.out", "wb"), stderr=subprocess.STDOUT))  # fmt: skip
-        _wait_http(f"http://127.0.0.1:{engine_port}/health", procs[0], "the fake engine")
-        cmd = [sys.executable, "-m", "ecoserve.cli.serve", "--engine-url", f"http://127.0.0.1:{engine_port}",
-               "--port", str(port), "--max-pending", str(MAX_PENDING), "--log-level", "warning"]  # fmt: skip
-        procs.append(subprocess.Popen(cmd, start_new_session=True, stdout=open(log_dir / "serve.out", "wb"),
-                                      stderr=subprocess.STDOUT))  # fmt: skip
-        _wait_http(f"http://127.0.0.1:{port}/health", procs[1], "ecoserve serve")
-        yield f"http://127.0.0.1:{port}", procs[1]
-    finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+    with start_fake_engine(log_dir, kv_blocks=8, block_size=16, token_interval=0.2, publish=False) as fake:
+        serve = start_serve(["--engine-url", fake.url, "--max-pending", str(MAX_PENDING), "--log-level", "warning"],
+                            log_dir)  # fmt: skip
+        try:
+            serve.wait_ready(60)
+            yield serve.url, serve.proc
+        finally:
+            serve.kill()
 
 
 async def _overload(url: str, n: int) -> tuple[collections.Counter, list[str], int, list[str]]:

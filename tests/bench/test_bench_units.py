@@ -1,6 +1,6 @@
 """`ecoserve bench` pieces: exact prompt lengths, open-loop sending, failures
 counted, and the CLI's JSON shapes (against the FakeEngine: plumbing only; the
-real-engine test is tests/test_bench_engine.py)."""
+real-engine test is tests/bench/test_bench_engine.py)."""
 
 from __future__ import annotations
 

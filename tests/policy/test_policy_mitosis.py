@@ -17,7 +17,7 @@ from ecoserve.policy import (
     shrink_victim,
     structural,
 )
-from tests.policy_helpers import overall, req
+from tests.policy.helpers import overall, req
 
 CFG = MitosisConfig(macro_min=6, macro_max=11, min_instances=1, max_instances=32,
                     ttft_window_s=10.0, cooldown_s=5.0, scale_in_hold_s=3.0)
@@ -125,6 +125,6 @@ def test_planner_fixes_layout_before_anything_else():
     planner, sched = planner_with(sched_sizes=(2,))
     sched.add_instance(InstanceState("extra", 100_000), 0.0, macro=0)  # 3 > N_u
     assert planner.plan(sched, 0.0) == [Split(0)]
-    planner.apply_structural(sched, Split(0), 0.0)
+    sched.split(0, 0.0)
     assert sched.layout() == [["i0"], ["i1", "extra"]]
     assert planner.plan(sched, 0.0) == []

@@ -3,7 +3,7 @@
 Fast and deterministic: routing actions carried out, phases commanded in
 order, token accounting, rejection and queueing, client disconnects, engine
 failure with re-routing, auth. The proof that it works with vLLM itself is
-tests/test_serve_engines.py.
+tests/live/test_serve_engines.py.
 """
 
 from __future__ import annotations
@@ -11,59 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
-import uvicorn
 
 from ecoserve.live.coordinator import Coordinator, RequestError
-from ecoserve.testing.fake_engine import FakeEngine
-from ecoserve.server.app import create_app
-
-
-@contextlib.asynccontextmanager
-async def fakes(n: int = 2, **kw):
-    engines = [FakeEngine(**kw) for _ in range(n)]
-    try:
-        for e in engines:
-            await e.start()
-        yield engines
-    finally:
-        for e in engines:
-            await e.stop()
-
-
-@contextlib.asynccontextmanager
-async def served(coord: Coordinator, api_key: str | None = None):
-    """The real front door on a free port, in this event loop."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    sock.setblocking(False)
-    server = uvicorn.Server(uvicorn.Config(create_app(coord, api_key=api_key), log_level="warning", lifespan="off"))
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
-
-
-async def wait_until(cond, timeout: float = 5.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.live.helpers import fakes, served, wait_until
 
 
 # ---------------------------------------------------------------------------------------
@@ -148,27 +101,19 @@ async def test_client_disconnect_aborts_everywhere():
                 await wait_until(lambda: coord.status()["in_flight"] == 0, what="the waiting request to be dropped")
 
 
-async def test_dead_engine_requests_move_to_the_other_one():
-    port = _free_port()
-    slow = subprocess.Popen(
-        [sys.executable, "-m", "ecoserve.testing.fake_engine", "--port", str(port), "--prefill-delay", "30"]
-    )
-    try:
+async def test_dead_engine_requests_move_to_the_other_one(start_fake_engine):
+    with start_fake_engine(prefill_delay=30) as slow:  # a process: killed below
         async with fakes(1) as (a,):
-            dead_url = f"http://127.0.0.1:{port}"
-            await wait_until(lambda: _up(dead_url), 15, "the slow fake engine")
+            dead_url = slow.url
             async with Coordinator(engine_urls=[dead_url, a.url], policy="round-robin") as coord:
                 first = asyncio.create_task(coord.generate("p", max_tokens=3))  # lands on the slow one
                 await wait_until(lambda: coord.status()["instances"][0]["num_waiting"] == 1, what="routing")
-                slow.send_signal(signal.SIGKILL)
+                slow.proc.send_signal(signal.SIGKILL)
                 reply = await asyncio.wait_for(first, 15)
                 assert reply["usage"]["completion_tokens"] == 3  # re-routed: nothing lost
                 st = coord.status()["instances"]
                 assert not st[0]["healthy"] and st[1]["healthy"] and st[1]["routed_total"] == 1
                 assert (await coord.generate("p", max_tokens=2))["usage"]["completion_tokens"] == 2
-    finally:
-        slow.kill()
-        slow.wait()
 
 
 async def test_http_front_door_auth_models_metrics():
@@ -198,16 +143,3 @@ async def test_http_front_door_auth_models_metrics():
                 assert 'ecoserve_requests_total{outcome="success"} 1.0' in m
                 assert 'ecoserve_requests_total{outcome="client_error"}' in m
                 assert "/v1/completions" in (await c.get("/openapi.json")).json()["paths"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(url + "/health", timeout=0.5).status_code == 200
-    except httpx.HTTPError:
-        return False

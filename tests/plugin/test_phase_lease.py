@@ -1,8 +1,8 @@
 """Phase leases on the real EcoServe scheduler, driven without a model (as in
-tests/test_plugin_scheduler.py): a leased phase lapses back to the startup
+tests/plugin/test_plugin_scheduler.py): a leased phase lapses back to the startup
 phase unless renewed; an unleased one holds; the alarm wakes a sleeping
 engine loop at the deadline. The real-engine check (a request held by a
-leased ``decode`` completes once the lease lapses) is in tests/test_control_fuzz.py.
+leased ``decode`` completes once the lease lapses) is in tests/plugin/test_control_fuzz.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from vllm.engine.arg_utils import EngineArgs  # noqa: E402
 from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec  # noqa: E402
 from vllm.v1.structured_output import StructuredOutputManager  # noqa: E402
 
-from ecoserve.protocol import EngineStatus, ErrorReply, SetPhase, decode_reply, encode  # noqa: E402
+from ecoserve.protocol import EngineStatus, ErrorReply, PhaseCommand, decode_reply, encode  # noqa: E402
 from vllm_plugin.lease import PhaseLease  # noqa: E402
 from vllm_plugin.scheduler import EcoServeScheduler  # noqa: E402
 
@@ -39,7 +39,7 @@ def scheduler(tiny_model, monkeypatch):
 
 
 def command(s, **kw) -> EngineStatus:
-    reply = decode_reply(s.eco_control.handle(encode(SetPhase(**kw))))
+    reply = decode_reply(s.eco_control.handle(encode(PhaseCommand(**kw))))
     assert isinstance(reply, EngineStatus), reply
     return reply
 

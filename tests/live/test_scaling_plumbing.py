@@ -4,7 +4,7 @@ processes (``python -m ecoserve.testing.fake_engine`` started by the LocalLaunch
 Fast plumbing checks of the coordinator's engine lifecycle: add, drain,
 remove, split, merge, the autoscaler following the mitosis planner, a dead
 or hung engine replaced, and the admin endpoints. The proof on vLLM itself is
-tests/test_scaling_engines.py.
+tests/live/test_scaling_engines.py.
 """
 
 from __future__ import annotations
@@ -12,23 +12,20 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 
 import httpx
 import pytest
 
-from ecoserve import coordinator as coordinator_module
-from ecoserve.live.coordinator import Coordinator
 from ecoserve.engine.launcher import LocalLauncher, group_alive
+from ecoserve.live import fleet as fleet_module
+from ecoserve.live.coordinator import Coordinator
 from ecoserve.policy import MitosisConfig
-from tests.test_coordinator_plumbing import served, wait_until
-
-FAKE = [sys.executable, "-m", "ecoserve.testing.fake_engine", "--host", "{host}", "--port", "{port}", "--model", "{model}"]
+from tests.live.helpers import FAKE_ENGINE_CMD, served, wait_until
 
 
 def fake_launcher(tmp_path, slots: int, *extra: str) -> LocalLauncher:
     return LocalLauncher(
-        "fake-model", slots=slots, device="cpu", log_dir=tmp_path, base_cmd=[*FAKE, *extra], stop_grace=2.0
+        "fake-model", slots=slots, device="cpu", log_dir=tmp_path, base_cmd=[*FAKE_ENGINE_CMD, *extra], stop_grace=2.0
     )
 
 
@@ -96,8 +93,8 @@ async def test_killed_engine_is_replaced_and_its_unstarted_requests_rerouted(tmp
 
 
 async def test_hung_engine_is_detected_killed_and_replaced(tmp_path, monkeypatch):
-    monkeypatch.setattr(coordinator_module, "HEALTH_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(coordinator_module, "HEALTH_MISSES", 2)
+    monkeypatch.setattr(fleet_module, "HEALTH_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(fleet_module, "HEALTH_MISSES", 2)
     launcher = fake_launcher(tmp_path, 2)
     async with Coordinator("fake-model", engines=1, launcher=launcher) as coord:
         hung = pids(coord)["engine-0"]

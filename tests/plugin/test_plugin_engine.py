@@ -11,92 +11,44 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 zmq = pytest.importorskip("zmq")
 
-from ecoserve.protocol import EngineStatus, ErrorReply, GetStatus, SetPhase, decode_reply, decode_status, encode  # noqa: E402
+from ecoserve.protocol import EngineStatus, ErrorReply, GetStatus, PhaseCommand, decode_reply, decode_status, encode  # noqa: E402
+from vllm_plugin import SCHEDULER_CLS  # noqa: E402
 
 pytestmark = pytest.mark.engine
 
-SCHEDULER_CLS = "vllm_plugin.scheduler.EcoServeScheduler"
 MODEL_NAME = "tiny"
 START_TIMEOUT_S = 240
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
-    def __init__(self, name: str, model: Path, log_dir: Path, core: int, extra_args: list[str], api_key: str = "") -> None:
-        self.name = name
+    """One of the two engines (started by ``start_engine``), with a client for its routes."""
+
+    def __init__(self, engine, api_key: str = "") -> None:
+        self.engine = engine
+        self.name = engine.name
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"{name}.log"
-        env = dict(
-            os.environ,
-            VLLM_PLUGINS="ecoserve",
-            VLLM_CPU_KVCACHE_SPACE="1",
-            VLLM_CPU_OMP_THREADS_BIND=str(core),
-            ECOSERVE_ENGINE_ID=name,
-        )
-        cmd = [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", str(model), "--served-model-name", MODEL_NAME,
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--enforce-eager", "--max-model-len", "4096", "--dtype", "bfloat16",
-            *extra_args, *(["--api-key", api_key] if api_key else []),
-        ]  # fmt: skip
-        self._log = open(self.log_path, "wb")
-        # Own process group: the API server's EngineCore child dies with it.
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.port = engine.port
+        self.url = engine.url
         self.http = httpx.Client(base_url=self.url, timeout=60, headers=self.headers)
 
     def wait_ready(self) -> None:
-        deadline = time.time() + START_TIMEOUT_S
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"{self.name} server exited ({self.proc.returncode}):\n{self.log_tail()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        pytest.fail(f"{self.name} server not ready after {START_TIMEOUT_S}s:\n{self.log_tail()}")
+        self.engine.wait_ready(START_TIMEOUT_S)
 
     def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return self.engine.log_tail(lines)
 
     def stop(self) -> None:
         self.http.close()
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
-        try:  # stragglers (EngineCore) share the group
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-        self._log.close()
+        self.engine.stop()
 
     # ---- EcoServe control over HTTP -----------------------------------------
     def status(self) -> EngineStatus:
@@ -111,12 +63,20 @@ class Server:
 
 
 @pytest.fixture(scope="session")
-def _servers(tiny_model, tmp_path_factory):
+def _servers(tiny_model, tmp_path_factory, start_engine):
     log_dir = tmp_path_factory.mktemp("vllm-logs")
+
+    def start(name: str, core: int, *extra_args: str):
+        return start_engine(
+            tiny_model, "--served-model-name", MODEL_NAME, "--host", "127.0.0.1",
+            "--enforce-eager", "--max-model-len", "4096", "--dtype", "bfloat16", *extra_args,
+            name=name, core=core, env={"ECOSERVE_ENGINE_ID": name}, log_dir=log_dir,
+        )  # fmt: skip
+
     servers = {
-        "eco": Server("eco", tiny_model, log_dir, core=0, extra_args=["--scheduler-cls", SCHEDULER_CLS]),
+        "eco": Server(start("eco", 0, "--scheduler-cls", SCHEDULER_CLS)),
         # With an API key: the plugin's routes must honour it like vLLM's own.
-        "stock": Server("stock", tiny_model, log_dir, core=1, extra_args=[], api_key="sesame"),
+        "stock": Server(start("stock", 1, "--api-key", "sesame"), api_key="sesame"),
     }
     try:
         yield servers
@@ -293,7 +253,7 @@ def test_phase_commands_take_effect_fast(eco, eco_zmq):
     zmq_rtt, http_rtt = [], []
     for phase in ["decode", "prefill", "temporal"] * 10:
         t = time.perf_counter()
-        assert eco_zmq.call(encode(SetPhase(phase=phase))).phase == phase
+        assert eco_zmq.call(encode(PhaseCommand(phase=phase))).phase == phase
         zmq_rtt.append(time.perf_counter() - t)
         t = time.perf_counter()
         assert eco.set_phase(phase).phase == phase
@@ -317,20 +277,20 @@ def test_phase_commands_take_effect_fast(eco, eco_zmq):
     eco.set_phase("decode")  # queue them first
     streams = [Stream(eco, prompt(i), max_tokens=LONG) for i in range(4)]
     wait_for(lambda: eco.status().num_waiting == 4, 30, "4 queued")
-    eco_zmq.call(encode(SetPhase(phase="prefill")))
+    eco_zmq.call(encode(PhaseCommand(phase="prefill")))
     wait_for(lambda: (st := status()).num_decoding == 4 and st.num_waiting == 0 and st.activity == "idle", 60,
              "4 prefilled, held")  # fmt: skip
-    start = eco_zmq.call(encode(SetPhase(phase="decode"))).step
+    start = eco_zmq.call(encode(PhaseCommand(phase="decode"))).step
     seen = wait_for(lambda: (st := status()).step >= start + 3 and st, 30, "decoding").step
     t = time.perf_counter()
-    ack = eco_zmq.call(encode(SetPhase(phase="prefill")))
+    ack = eco_zmq.call(encode(PhaseCommand(phase="prefill")))
     busy_rtt = time.perf_counter() - t
     print(f"busy command round trip: {busy_rtt * 1e3:.2f} ms, {ack.step - seen} step(s) after the status call")
     assert ack.num_decoding == 4, "the four must still be decoding (3000 tokens each)"
     time.sleep(0.3)
     st = status()
     assert st.step == ack.step and st.num_decoding == 4 and st.activity == "idle"
-    eco_zmq.call(encode(SetPhase(phase="temporal")))
+    eco_zmq.call(encode(PhaseCommand(phase="temporal")))
     assert all(len(s.result()) == LONG for s in streams)
 
 

@@ -10,7 +10,7 @@ from ecoserve.protocol import (
     EngineStatus,
     ErrorReply,
     GetStatus,
-    SetPhase,
+    PhaseCommand,
     StepRecord,
     decode_command,
     decode_reply,
@@ -60,7 +60,7 @@ def test_plan_step(phase, can_prefill, can_decode, plan):
 
 
 def test_commands_decode_strictly():
-    assert decode_command(b'{"type":"set_phase","phase":"prefill"}') == SetPhase(phase="prefill")
+    assert decode_command(b'{"type":"set_phase","phase":"prefill"}') == PhaseCommand(phase="prefill")
     assert decode_command(encode(GetStatus())) == GetStatus()
     for bad in [b'{"type":"set_phase","phase":"fast"}', b'{"type":"set_phase"}', b'{"phase":"decode"}',
                 b'{"type":"get_status","x":1}', b'{"type":"exec","cmd":"rm"}', b"\x80\x81", b"[]"]:  # fmt: skip

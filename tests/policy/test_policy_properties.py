@@ -15,7 +15,7 @@ from ecoserve.policy import (
     Split,
     Merge,
 )
-from tests.policy_helpers import macro, overall, req
+from tests.policy.helpers import macro, overall, req
 
 # One step of a random run: (kind, time advance, a, b)
 steps = st.lists(

@@ -17,9 +17,9 @@ from ecoserve.policy import (
     Routed,
     SetPhase,
     Phase,
-    make_router,
+    PolicyConfig,
 )
-from tests.policy_helpers import checker, macro, overall, req
+from tests.policy.helpers import checker, macro, overall, req
 
 
 def routed_to(actions):
@@ -246,13 +246,14 @@ def test_least_loaded_uses_vllm_score_with_kv_penalty():
     assert routed_to(r.submit(req("w", 10, out=1), 0.2)) == [("w", "b")]
 
 
-def test_make_router_names():
-    from tests.policy_helpers import linear_predictor
+def test_policy_config_builds_each_router():
+    from ecoserve.policy import OverallScheduler
 
-    for name, cls in (("round-robin", RoundRobinRouter), ("least-loaded", LeastLoadedRouter)):
-        assert isinstance(make_router(name, SLO(1, 0.1), linear_predictor()), cls)
+    for name, cls in (("ecoserve", OverallScheduler), ("round-robin", RoundRobinRouter),
+                      ("least-loaded", LeastLoadedRouter)):  # fmt: skip
+        assert isinstance(PolicyConfig(name, SLO(1, 0.1)).build_router(), cls)
     with pytest.raises(ValueError, match="unknown policy"):
-        make_router("fastest", SLO(1, 0.1), linear_predictor())
+        PolicyConfig("fastest", SLO(1, 0.1))
 
 
 def test_slo_must_be_positive():

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,16 +31,11 @@ from ecoserve.engine.ray_launcher import (
 )  # fmt: skip
 from ecoserve.engine.resources import PlacementError
 from ecoserve.engine.status_stream import StatusSubscriber
+from ecoserve.testing.ports import free_port
+from tests.live.helpers import FAKE_ENGINE_CMD
 
-FAKE = [sys.executable, "-m", "ecoserve.testing.fake_engine", "--host", "{host}", "--port", "{port}", "--model", "{model}"]
 ENGINE_ARGS = ["--max-model-len", "512", "--enforce-eager", "--dtype", "bfloat16"]
 START_TIMEOUT_S = 300  # one engine on a shared 2-core machine
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- without a cluster ---------------------------------------------------------------------
@@ -61,7 +55,7 @@ def test_engine_resources_follow_the_engine_arguments():
 
 
 def test_an_unreachable_cluster_fails_fast_with_a_clear_message():
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     t0 = time.monotonic()
     with pytest.raises(RayUnavailableError, match=rf"cannot reach the Ray cluster at 127.0.0.1:{port}.*ray start --head"):
         RayLauncher("m", address=f"127.0.0.1:{port}")
@@ -98,7 +92,7 @@ def test_serve_ray_options(args, code, message):
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A one-node Ray cluster, started like a real head node; yields its address."""
-    port = _free_port()
+    port = free_port()
     temp = tempfile.mkdtemp(prefix="ecoray-")  # short: Ray's socket paths must stay under 108 bytes
     ray_cli = Path(sys.executable).parent / "ray"
     cmd = [str(ray_cli), "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
@@ -139,8 +133,8 @@ def ray_client(ray_cluster):
 
 
 def fake_launcher(address: str, tmp_path: Path, **kw) -> RayLauncher:
-    return RayLauncher("fake-model", address=address, device="cpu", log_dir=tmp_path, base_cmd=FAKE, stop_grace=2.0,
-                       **kw)  # fmt: skip
+    return RayLauncher("fake-model", address=address, device="cpu", log_dir=tmp_path, base_cmd=FAKE_ENGINE_CMD,
+                       stop_grace=2.0, **kw)  # fmt: skip
 
 
 @pytest.mark.engine
