@@ -17,7 +17,7 @@ chaos: two engines, ``kill -9`` of one engine's process group mid-load;
 reports the time to detect the failure and to have a replacement serving.
 ramp: one engine, autoscaling up to three (N_u = 2, so a split), a load high
 enough to grow it, then silence: it shrinks back to one with a merge.
-tests/test_scaling_engines.py runs both and asserts on these reports.
+tests/live/test_scaling_engines.py runs both and asserts on these reports.
 """
 
 from __future__ import annotations

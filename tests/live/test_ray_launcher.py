@@ -38,6 +38,17 @@ ENGINE_ARGS = ["--max-model-len", "512", "--enforce-eager", "--dtype", "bfloat16
 START_TIMEOUT_S = 300  # one engine on a shared 2-core machine
 
 
+@pytest.fixture(autouse=True)
+def _own_environment():
+    """A RayLauncher puts its ZeroMQ secret into this process's environment
+    (its own client side reads it there). Take it out after each test: later
+    tests in this process would otherwise start every engine with CURVE on."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 # ---- without a cluster ---------------------------------------------------------------------
 
 

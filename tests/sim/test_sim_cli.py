@@ -1,4 +1,4 @@
-"""``ecoserve simulate`` through click's CliRunner: the JSON contracts of DESIGN.md."""
+"""``ecoserve simulate`` through click's CliRunner: the JSON contracts of docs/ARCHITECTURE.md."""
 
 from __future__ import annotations
 
