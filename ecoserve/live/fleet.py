@@ -366,7 +366,7 @@ class Fleet:
             if step.step <= rec.last_step:
                 continue
             rec.last_step = step.step
-            self.predictor.observe_step(step.kind, step.prefill_tokens, step.duration_s)
+            self.predictor.observe_step(step.kind, step.prefill_tokens, step.duration_s, step.prefill_reqs)
 
     # ---- health and failure ----------------------------------------------------------
     async def health_monitor(self) -> None:

@@ -102,7 +102,7 @@ class Simulator:
         """Run ``requests`` (sorted by arrival) to completion; returns their states."""
         if self.driver is None:
             raise RuntimeError("no driver attached")
-        reqs = [SimRequest(r.id, r.arrival, r.prompt_tokens, r.output_tokens) for r in requests]
+        reqs = [SimRequest(r.id, r.arrival, r.prompt_tokens, r.output_tokens, r.max_output) for r in requests]
         if any(b.arrival < a.arrival for a, b in zip(reqs, reqs[1:])):
             raise ValueError("requests must be sorted by arrival time")
         if self.observers and isinstance(self.driver, RouterDriver):
@@ -172,10 +172,10 @@ class RouterDriver:
         self.engines.append(engine)
         self.by_id[engine.id] = engine
 
-    def on_step(self, engine: SimEngine, kind: str, prefill_tokens: int, seconds: float) -> None:
+    def on_step(self, engine: SimEngine, kind: str, prefill_tokens: int, seconds: float, prompts: int) -> None:
         """An engine step ended (before its tokens are reported)."""
         if self.predictor is not None:
-            self.predictor.observe_step(kind, prefill_tokens, seconds)
+            self.predictor.observe_step(kind, prefill_tokens, seconds, prompts)
 
     def remove_engine(self, engine_id: str) -> SimEngine:
         """A drained engine leaves; it must hold no request."""
@@ -218,7 +218,7 @@ class RouterDriver:
     def on_arrival(self, r: SimRequest, now: float) -> None:
         self.reqs[r.id] = r
         self.flush(now)
-        rs = RequestState(r.id, r.arrival, r.prompt, r.output)
+        rs = RequestState(r.id, r.arrival, r.prompt, r.max_tokens)  # the client's bound, as live
         self._apply(self.router.submit(rs, now), now)
         self._check_pending(now)
 

@@ -53,14 +53,15 @@ class SimRequest:
     __slots__ = (
         "id", "arrival", "prompt", "output", "target", "prefilled", "generated", "kv", "first_token",
         "finish", "engine", "reported", "rejected", "prefill_engine", "decode_engine", "transfer_s",
-        "preempted",
+        "preempted", "max_tokens",
     )
 
-    def __init__(self, rid: str, arrival: float, prompt: int, output: int) -> None:
+    def __init__(self, rid: str, arrival: float, prompt: int, output: int, max_tokens: int | None = None) -> None:
         self.id = rid
         self.arrival = arrival
         self.prompt = prompt
-        self.output = output
+        self.output = output  # the true length: it finishes after this many tokens
+        self.max_tokens = max_tokens or output  # its client's bound: what the policy reserves for
         self.target = prompt  # tokens to prefill (prompt, or prompt + output so far after preemption)
         self.prefilled = 0
         self.generated = 0  # output tokens produced so far
@@ -357,7 +358,7 @@ class SimEngine:
             for o in self.sim.observers:
                 o.on_step(rec)
         if chunks and not decode:  # a pure prefill step (one step: fast-forward runs decodes only)
-            driver.on_step(self, "prefill", sum(n for _, n in chunks), now - self._start)
+            driver.on_step(self, "prefill", sum(n for _, n in chunks), now - self._start, len(chunks))
         finished: list[SimRequest] = []
         if chunks:
             st.prefill_steps += 1 if not decode else 0

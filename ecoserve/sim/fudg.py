@@ -121,7 +121,7 @@ class FuDGDriver:
         r.prefill_engine = best
         best.enqueue(r, now)
 
-    def on_step(self, engine: SimEngine, kind: str, prefill_tokens: int, seconds: float) -> None:
+    def on_step(self, engine: SimEngine, kind: str, prefill_tokens: int, seconds: float, prompts: int) -> None:
         pass  # the disaggregated baselines predict nothing
 
     def on_tokens(self, engine, reqs, count, now) -> None:

@@ -95,6 +95,11 @@ class LengthDistribution:
     def expected_means(self) -> tuple[float, float]:
         raise NotImplementedError
 
+    @property
+    def output_cap(self) -> int:
+        """The largest output a request may have (its client's ``max_tokens``)."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class SyntheticLengths(LengthDistribution):
@@ -108,6 +113,10 @@ class SyntheticLengths(LengthDistribution):
 
     def expected_means(self) -> tuple[float, float]:
         return self.prompt.mean, self.output.mean
+
+    @property
+    def output_cap(self) -> int:
+        return self.output.hi
 
 
 class EmpiricalLengths(LengthDistribution):
@@ -124,6 +133,10 @@ class EmpiricalLengths(LengthDistribution):
     def sample(self, n: int, rng: random.Random) -> list[tuple[int, int]]:
         pairs, k = self.pairs, len(self.pairs)
         return [pairs[int(rng.random() * k)] for _ in range(n)]
+
+    @property
+    def output_cap(self) -> int:
+        return max(o for _, o in self.pairs)
 
     def expected_means(self) -> tuple[float, float]:
         k = len(self.pairs)
@@ -150,6 +163,16 @@ DATASET_SLOS: dict[str, tuple[float, float]] = {
     "longbench": (15.0, 0.1),
 }
 TRACE_SLO = (5.0, 0.1)
+
+
+def client_max_tokens(prompt: int, output: int, cap: int, max_context: int | None) -> int:
+    """The ``max_tokens`` a client of this workload sends: the application's
+    cap on an answer (a synthetic dataset's largest output, a trace's largest
+    recorded output), less what the prompt leaves of the context. Never below
+    the true output, which only decides when the request finishes. The policy
+    reserves KV from this bound, as it does live, where it sees no more."""
+    room = cap if max_context is None else min(cap, max_context - prompt)
+    return max(output, room)
 
 
 def fit_to_context(prompt: int, output: int, max_context: int | None) -> tuple[int, int]:

@@ -20,6 +20,7 @@ from ecoserve.workload.lengths import (
     TRACE_SLO,
     EmpiricalLengths,
     LengthDistribution,
+    client_max_tokens,
     fit_to_context,
 )
 from ecoserve.workload.traces import Trace, default_azure_path, load_trace
@@ -33,7 +34,13 @@ class Request:
     id: str
     arrival: float  # seconds from the start of the run
     prompt_tokens: int
-    output_tokens: int  # forced length (ignore EOS, max_tokens = this)
+    output_tokens: int  # the true length: the request finishes after this many
+    # What its client sends as max_tokens (``client_max_tokens``); 0: the true length.
+    max_tokens: int = 0
+
+    @property
+    def max_output(self) -> int:
+        return self.max_tokens or self.output_tokens
 
 
 def resolve_dataset(name: str) -> tuple[str, LengthDistribution | None, Trace | None]:
@@ -92,6 +99,7 @@ class WorkloadTemplate:
             self._gaps = None
             self._times = list(t.times)
             self.pairs = [fit_to_context(p, o, max_context) for p, o in t.pairs()]
+            self.output_cap = max(o for _, o in trace.pairs())
             self.truncated = sum(1 for a, b in zip(t.pairs(), self.pairs) if a != b)
         else:
             n = DEFAULT_NUM_REQUESTS if num_requests is None else num_requests
@@ -99,6 +107,7 @@ class WorkloadTemplate:
                 assert trace is not None
                 lengths = EmpiricalLengths(trace.pairs(), name=self.name)
             self._lengths = lengths
+            self.output_cap = lengths.output_cap
             self._len_rng = random.Random(f"{seed}:lengths")
             self._gap_rng = random.Random(f"{seed}:arrivals")
             self._gaps: list[float] = []
@@ -146,7 +155,9 @@ class WorkloadTemplate:
                 raise ValueError("a rate is required for synthetic arrivals")
             self._extend(n)
             times = times_from_gaps(self._gaps[:n], rate)
-        return [Request(f"r{i}", t, p, o) for i, (t, (p, o)) in enumerate(zip(times, self.pairs))]
+        cap, ctx = self.output_cap, self.max_context
+        return [Request(f"r{i}", t, p, o, client_max_tokens(p, o, cap, ctx))
+                for i, (t, (p, o)) in enumerate(zip(times, self.pairs))]
 
     def mean_lengths(self) -> tuple[float, float]:
         pairs = self.pairs[: self.num_requests]
