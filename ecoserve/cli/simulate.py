@@ -49,6 +49,11 @@ def common_options(f):
         click.option("--tp", type=int, default=None,
                      help="Tensor-parallel GPUs per instance (one instance per node). Default: the paper's "
                           "(L20: 4 for 30B/34B, 8 for 72B)."),
+        click.option("--cost-model", type=click.Choice(["measured", "constant"]), default="measured",
+                     show_default=True,
+                     help="Step times of the preset models: measured (operator efficiencies from Vidur's GPU "
+                          "profiles, by step size) or constant (one efficiency per operator kind, the earlier "
+                          "model). A profile file (--model PATH) is its own cost model."),
         click.option("--instances", type=click.IntRange(1), default=8, show_default=True,
                      help="Instances (nodes of TP GPUs). FuDG baselines split the same GPUs into pools."),
         click.option("--dataset", default="sharegpt", show_default=True,
@@ -107,7 +112,7 @@ def simulate() -> None:
     """
 
 
-def _setup(model, hardware, tp, instances, dataset, replay, slo_ttft, slo_tpot, burstiness, num_requests, seed,
+def _setup(model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft, slo_tpot, burstiness, num_requests, seed,
            slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio, policy="ecoserve"):
     from ecoserve.sim import SimConfig
     from ecoserve.sim.specs import MODELS
@@ -120,7 +125,7 @@ def _setup(model, hardware, tp, instances, dataset, replay, slo_ttft, slo_tpot, 
     except (ValueError, FileNotFoundError) as e:
         raise click.BadParameter(str(e), param_hint="--dataset") from None
     d_ttft, d_tpot = default_slo(template.name)
-    cfg = SimConfig(policy=policy, model=model, hardware=hardware, tp=tp, instances=instances,
+    cfg = SimConfig(policy=policy, model=model, hardware=hardware, tp=tp, cost_model=cost_model, instances=instances,
                     slo_ttft=slo_ttft or d_ttft, slo_tpot=slo_tpot or d_tpot, slack_mode=slack_mode,
                     output_reservation=output_reservation, decode_margin_s=decode_margin_s,
                     macro_size=macro_size, chunk_size=chunk_size, pd_ratio=pd_ratio)
@@ -198,7 +203,7 @@ def autoscale_options(f):
 @common_options
 def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, max_instances, macro_min,
             launch_delay, scale_interval, scale_cooldown, ttft_window, scale_in_hold, timeline_path, window_s,
-            plot_path, model, hardware, tp, instances, dataset, replay, slo_ttft, slo_tpot,
+            plot_path, model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft, slo_tpot,
             burstiness, num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio, as_json):
     """Simulate one policy at one rate (or a stepped load): attainment and
     TTFT/TPOT percentiles; with --autoscale, mitosis scaling and its timeline."""
@@ -207,7 +212,7 @@ def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, ma
     from ecoserve.sim import run_best
     from ecoserve.sim.runner import step_requests
 
-    cfg, template = _setup(model, hardware, tp, instances, dataset, replay, slo_ttft, slo_tpot, burstiness,
+    cfg, template = _setup(model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft, slo_tpot, burstiness,
                            num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio, policy)
     if rate_steps is not None and rate is not None:
         raise click.UsageError("give --rate or --rate-steps, not both")
@@ -313,7 +318,8 @@ def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, ma
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal).")
 @common_options
-def sweep_cmd(policies, levels, tolerance, min_duration, start_rate, rates, plot_path, progress, model, hardware, tp, instances,
+def sweep_cmd(policies, levels, tolerance, min_duration, start_rate, rates, plot_path, progress, model, hardware, tp,
+              cost_model, instances,
               dataset, replay, slo_ttft, slo_tpot, burstiness, num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size,
               chunk_size, pd_ratio, as_json):
     """Goodput of each policy: the highest rate at which P50/P90/P99 of requests
@@ -337,7 +343,7 @@ def sweep_cmd(policies, levels, tolerance, min_duration, start_rate, rates, plot
         except ValueError:
             raise click.BadParameter(f"bad level {name!r}", param_hint="--levels") from None
     extra = [float(x) for x in rates.split(",")] if rates else []
-    base, template = _setup(model, hardware, tp, instances, dataset, replay, slo_ttft, slo_tpot, burstiness,
+    base, template = _setup(model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft, slo_tpot, burstiness,
                             num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio)
     bar = _progress(progress)
     results = []

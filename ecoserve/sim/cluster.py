@@ -61,6 +61,7 @@ class SimConfig:
     model: str = "codellama-34b"  # a preset name or a profile JSON path
     hardware: str = "l20"
     tp: int | None = None  # None: the preset's default for (hardware, model)
+    cost_model: str = "measured"  # presets' step times: "measured" (Vidur's profiles) or "constant" (see engine_model.py)
     instances: int = 8
     slo_ttft: float = 5.0
     slo_tpot: float = 0.1
@@ -140,7 +141,7 @@ class SimConfig:
 
     def engine_model(self, tp: int | None = None) -> EngineModel:
         if self.model in MODELS:
-            return RooflineModel(self.model, self.hardware, tp or self.tp_)
+            return RooflineModel(self.model, self.hardware, tp or self.tp_, self.cost_model)
         if tp not in (None, self.tp_):
             raise ValueError("a measured profile fixes the instance size: DistServe's split needs a preset model")
         return ProfileModel.load(self.model)
@@ -156,6 +157,7 @@ class SimConfig:
 
     def describe(self) -> dict:
         out = {"policy": self.policy, "model": self.model, "hardware": self.hardware, "tp": self.tp_,
+               "cost_model": self.cost_model if self.model in MODELS else "profile",
                "instances": self.instances, "slo": {"ttft": self.slo_ttft, "tpot": self.slo_tpot}}
         if (budget := self.token_budget()) is not None:
             out["chunk_size"] = budget

@@ -21,6 +21,15 @@ prompt at its prior context) and ``batch`` decode tokens whose sequences hold
   ``2(TP-1)/TP * bytes / link_bw + 2(TP-1) * hop_latency``;
 - a fixed CPU overhead per step plus a small one per sequence.
 
+Two cost models (``costs``): ``measured`` (the default) takes the share of
+the pure roofline each operator reaches from Vidur's measured profiles
+(``measured.py``): linear layers by step size, prefill attention by chunk and
+prior context, decode attention as a fixed cost per layer plus the KV read,
+and a measured CPU overhead; in a mixed step the prefill chunks' and the
+decodes' attention are separate kernels and add up. ``constant`` is the
+earlier model: one efficiency per operator kind (``specs.py``) and one
+``max()`` over the step's attention.
+
 ``ProfileModel``: the same interface from a profile measured on a real engine
 (``ecoserve.workload.profile``).
 """
@@ -30,6 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from ecoserve.sim.measured import MeasuredCosts
 from ecoserve.sim.specs import HARDWARE, MODELS, HardwareSpec, ModelSpec
 from ecoserve.workload.profile import EngineProfile
 
@@ -37,6 +47,7 @@ Chunks = Sequence[tuple[int, int]]  # (new tokens, prior context)
 
 # Prompt lengths at which the offline prefill profile is taken (the policy's
 # PrefillTimePredictor interpolates between them).
+COST_MODELS = ("measured", "constant")
 PROFILE_LENGTHS = (1, 16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192,
                    12288, 16384, 24576, 32768)
 
@@ -71,12 +82,14 @@ class EngineModel:
 
 
 class RooflineModel(EngineModel):
-    def __init__(self, model: ModelSpec | str, hardware: HardwareSpec | str, tp: int) -> None:
+    def __init__(self, model: ModelSpec | str, hardware: HardwareSpec | str, tp: int, costs: str = "measured") -> None:
         m = MODELS[model] if isinstance(model, str) else model
         hw = HARDWARE[hardware] if isinstance(hardware, str) else hardware
         if tp < 1 or tp & (tp - 1):
             raise ValueError(f"tp must be a power of two, got {tp}")
-        self.spec, self.hw, self.tp = m, hw, tp
+        if costs not in COST_MODELS:
+            raise ValueError(f"unknown cost model {costs!r}; choose from {', '.join(COST_MODELS)}")
+        self.spec, self.hw, self.tp, self.costs = m, hw, tp, costs
         self.name = f"{m.name}@{hw.name}x{tp}"
         self.max_context = m.max_context
         self.max_batched_tokens = max(m.max_context, 2048)
@@ -85,12 +98,17 @@ class RooflineModel(EngineModel):
         self.kv_capacity_tokens = int(usable // m.kv_bytes_per_token) if usable > 0 else 0
 
         flops = tp * hw.bf16_tflops * 1e12
+        self.measured = MeasuredCosts(hw.profile_gpu, m.name, tp) if costs == "measured" else None
+        self._peak = 1.0 / flops
+        self._peak_bw = 1.0 / (tp * hw.hbm_gbps * 1e9)
         self._f_lin = 1.0 / (flops * hw.gemm_eff)
         self._f_attn = 1.0 / (flops * hw.attn_eff)
         self._bw = 1.0 / (tp * hw.hbm_gbps * 1e9 * hw.mem_eff)
         self._lin_flops_tok = 2.0 * m.linear_params
         self._head_flops_tok = 2.0 * m.hidden * m.vocab
         self._w_time = m.weight_bytes * self._bw
+        self._lin_w_peak = m.linear_params * m.dtype_bytes * self._peak_bw
+        self._head_w_peak = m.hidden * m.vocab * m.dtype_bytes * self._peak_bw
         self._attn_flops_pair = 4.0 * m.layers * m.heads * m.hd
         self._kv_b = float(m.kv_bytes_per_token)
         if tp > 1:
@@ -100,17 +118,19 @@ class RooflineModel(EngineModel):
             self._ar_fixed = 2 * m.layers * 2 * (tp - 1) * hw.hop_latency_s
         else:
             self._ar_per_tok = self._ar_fixed = 0.0
-        self._overhead = hw.step_overhead_s
-        self._per_seq = hw.per_seq_overhead_s
+        if self.measured is not None:
+            self._overhead = self.measured.step_overhead_s
+            self._per_seq = self.measured.per_seq_overhead_s
+        else:
+            self._overhead = hw.step_overhead_s
+            self._per_seq = hw.per_seq_overhead_s
 
     def fits(self, min_tokens: int | None = None) -> bool:
         """Weights fit with room for at least one full-context request."""
         return self.kv_capacity_tokens >= (min_tokens or self.max_context or 1)
 
     def decode_step(self, batch: int, ctx_sum: int) -> float:
-        lin = max((self._lin_flops_tok + self._head_flops_tok) * batch * self._f_lin, self._w_time)
-        attn = max(self._attn_flops_pair * ctx_sum * self._f_attn, (ctx_sum + batch) * self._kv_b * self._bw)
-        return self._overhead + self._per_seq * batch + lin + attn + self._ar_fixed + self._ar_per_tok * batch
+        return self.step_time((), batch, ctx_sum)
 
     def step_time(self, chunks: Chunks, batch: int, ctx_sum: int) -> float:
         tokens = batch
@@ -123,15 +143,32 @@ class RooflineModel(EngineModel):
         if tokens == 0:
             return 0.0
         sampled = batch + len(chunks)
+        seqs = batch + len(chunks)
+        fixed = self._overhead + self._per_seq * seqs + self._ar_fixed + self._ar_per_tok * tokens
+        if self.measured is not None:
+            return fixed + self._measured_compute(chunks, batch, ctx_sum, tokens, sampled)
         lin = max(self._lin_flops_tok * tokens * self._f_lin + self._head_flops_tok * sampled * self._f_lin, self._w_time)
         attn = max(self._attn_flops_pair * pairs * self._f_attn, (kv_read + tokens) * self._kv_b * self._bw)
-        seqs = batch + len(chunks)
-        return self._overhead + self._per_seq * seqs + lin + attn + self._ar_fixed + self._ar_per_tok * tokens
+        return fixed + lin + attn
+
+    def _measured_compute(self, chunks: Chunks, batch: int, ctx_sum: int, tokens: int, sampled: int) -> float:
+        mc = self.measured
+        assert mc is not None
+        lin = max(self._lin_flops_tok * tokens * self._peak, self._lin_w_peak) / mc.linear_share(tokens)
+        head = max(self._head_flops_tok * sampled * self._peak, self._head_w_peak) / mc.linear_share(sampled)
+        attn = 0.0
+        kv_bw = self._peak_bw / mc.kv_bandwidth_fraction
+        for n, c in chunks:  # one prefill kernel per chunk's share of the varlen batch
+            flops = self._attn_flops_pair * n * (c + (n + 1) / 2.0)
+            attn += max(flops * self._peak / mc.prefill_attention_share(n, c), (c + n) * self._kv_b * kv_bw)
+        if batch:  # decode attention: its own kernel, bound by the KV read
+            attn += self.spec.layers * mc.decode_fixed_s + (ctx_sum + batch) * self._kv_b * kv_bw
+        return lin + head + attn
 
     def describe(self) -> dict:
         m, hw = self.spec, self.hw
         return {
-            "name": self.name, "model": m.name, "hardware": hw.name, "tp": self.tp,
+            "name": self.name, "model": m.name, "hardware": hw.name, "tp": self.tp, "costs": self.costs,
             "params_b": round(m.params / 1e9, 2), "kv_bytes_per_token": m.kv_bytes_per_token,
             "kv_capacity_tokens": self.kv_capacity_tokens,
             "decode_step_s_b1": round(self.decode_step(1, 512), 5),
@@ -200,10 +237,10 @@ class ProfileModel(EngineModel):
         return list(self.profile.prefill)
 
 
-def make_engine_model(model: str, hardware: str, tp: int) -> EngineModel:
+def make_engine_model(model: str, hardware: str, tp: int, costs: str = "measured") -> EngineModel:
     """A preset name -> roofline; a path -> profile."""
     if model in MODELS:
-        return RooflineModel(model, hardware, tp)
+        return RooflineModel(model, hardware, tp, costs)
     return ProfileModel.load(model)
 
 

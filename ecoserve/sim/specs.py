@@ -24,6 +24,11 @@ is a documented estimate (``*_eff``), not a vendor figure:
 - ``hop_latency_s``: per-hop latency of a ring all-reduce (2*(TP-1) hops per
   all-reduce): ~5 us over PCIe, ~2 us over NVLink (NCCL small-message numbers).
 
+These constants are the ``constant`` cost model, kept to compare with. The
+default, ``measured``, replaces the GEMM, attention and CPU-overhead shares
+with the ones Vidur measured (``measured.py``); bandwidths, links and KV
+capacity stay as here.
+
 KV capacity follows vLLM's rule: ``gpu_memory_utilization`` (0.9) of each
 GPU, minus the weight shard, minus ``activation_reserve_gb`` per GPU for
 activations, CUDA graphs and workspace (an estimate).
@@ -123,6 +128,9 @@ class HardwareSpec:
     per_seq_overhead_s: float = 10e-6
     gpu_memory_utilization: float = 0.90
     activation_reserve_gb: float = 2.0
+    # The GPU whose measured operator shares (``measured.py``, Vidur's profiles)
+    # stand for this one under the measured cost model.
+    profile_gpu: str = "a100"
 
     @property
     def net_bytes_per_s(self) -> float:
@@ -138,6 +146,7 @@ HARDWARE: dict[str, HardwareSpec] = {
         intra_gbps=32, inter_gbps=10, gpus_per_node=8,
         source="NVIDIA L20 product brief; paper: PCIe in node, 10 Gbps Ethernet",
         mem_eff=0.80, link_eff=0.65, hop_latency_s=5e-6,
+        profile_gpu="a40",  # closest profiled: A40, also 48 GB GDDR6 (Ampere; 149.7 TFLOP/s, 696 GB/s)
     ),
     # NVIDIA A800 80GB SXM (A100 with NVLink capped at 400 GB/s both directions):
     # 312 TFLOPS dense BF16, HBM2e 2,039 GB/s. Paper: 25 Gbps RoCE between nodes.
@@ -146,6 +155,7 @@ HARDWARE: dict[str, HardwareSpec] = {
         intra_gbps=200, inter_gbps=25, gpus_per_node=8,
         source="NVIDIA A800 data sheet (NVLink 400 GB/s); paper: 25 Gbps RoCE",
         link_eff=0.75, hop_latency_s=2e-6,
+        profile_gpu="a100",  # an A100 80GB with NVLink capped: the same chip
     ),
     # NVIDIA H100 SXM5 80GB: 989 TFLOPS dense BF16, HBM3 3.35 TB/s, NVLink 4 at
     # 900 GB/s both directions. Paper: 8 x 400 Gbps InfiniBand per node.
@@ -154,6 +164,7 @@ HARDWARE: dict[str, HardwareSpec] = {
         intra_gbps=450, inter_gbps=3200, gpus_per_node=8,
         source="NVIDIA H100 data sheet; paper: 8 x 400 Gbps InfiniBand",
         link_eff=0.75, hop_latency_s=2e-6, step_overhead_s=2.5e-3,
+        profile_gpu="h100",
     ),
 }
 
