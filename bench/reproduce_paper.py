@@ -49,14 +49,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ecoserve.sim import MODELS, SimConfig, sweep_policy  # noqa: E402
+from ecoserve.sim.bound import capacity_bound  # noqa: E402
 from ecoserve.workload import WorkloadTemplate, default_slo  # noqa: E402
 
 MODELS_MAIN = ("llama-30b", "codellama-34b", "qwen2-72b")
 DATASETS = ("alpaca", "sharegpt", "longbench")
-BASELINES = ("vllm", "sarathi", "distserve", "mooncake")
-# EcoServe variants: name -> (simulator policy, TPOT slack check).
-VARIANTS = {"ecoserve": ("ecoserve", "min"), "ecoserve-mean": ("ecoserve", "mean")}
-ECO = tuple(VARIANTS)
+BASELINES = ("vllm", "sarathi", "sarathi-2048", "distserve", "mooncake")
+# Variants: name -> (simulator policy, TPOT slack check, Sarathi token budget).
+# sarathi-2048 is Sarathi at vLLM 0.7.3's default budget (the paper's vLLM);
+# sarathi is Sarathi at its best static budget in each cell.
+VARIANTS = {"ecoserve": ("ecoserve", "min", None), "ecoserve-mean": ("ecoserve", "mean", None),
+            "sarathi-2048": ("sarathi", None, 2048)}
+ECO = ("ecoserve", "ecoserve-mean")
 POLICIES = (*ECO, *BASELINES)
 # Code whose source is part of every cell's cache key.
 CODE = ("ecoserve/policy", "ecoserve/sim", "ecoserve/workload", "ecoserve/metrics.py")
@@ -107,19 +111,19 @@ def cells(args) -> list[dict]:
 
 
 def cell_key(cell: dict, args) -> str:
-    policy, slack = VARIANTS.get(cell["policy"], (cell["policy"], None))
-    blob = json.dumps({**cell, "sim_policy": policy, "slack": slack, "quick": args.quick, "n": args.num_requests,
-                       "dur": args.min_duration, "tol": args.tolerance, "seed": args.seed,
-                       "code": args.code}, sort_keys=True)
-    name = f"{cell['exp']}-{cell['model']}-{cell['hardware']}-{cell['dataset']}-{cell['policy']}"
+    policy, slack, budget = VARIANTS.get(cell["policy"], (cell["policy"], None, None))
+    blob = json.dumps({**cell, "sim_policy": policy, "slack": slack, "budget": budget, "quick": args.quick,
+                       "n": args.num_requests, "dur": args.min_duration, "tol": args.tolerance, "seed": args.seed,
+                       "code": args.code, "costs": args.cost_model}, sort_keys=True)
+    name = f"{cell['exp']}-{args.cost_model}-{cell['model']}-{cell['hardware']}-{cell['dataset']}-{cell['policy']}"
     return f"{name}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
 
 def run_cell(cell: dict, args_dict: dict) -> dict:
     a = argparse.Namespace(**args_dict)
-    policy, slack = VARIANTS.get(cell["policy"], (cell["policy"], None))
+    policy, slack, budget = VARIANTS.get(cell["policy"], (cell["policy"], None, None))
     cfg = SimConfig(policy=policy, model=cell["model"], hardware=cell["hardware"], instances=8,
-                    slo_ttft=cell["slo"][0], slo_tpot=cell["slo"][1])
+                    slo_ttft=cell["slo"][0], slo_tpot=cell["slo"][1], cost_model=a.cost_model, chunk_size=budget)
     if slack is not None:
         cfg = replace(cfg, slack_mode=slack)
     template = WorkloadTemplate(cell["dataset"], num_requests=a.num_requests, burstiness=cell["cv"], seed=a.seed,
@@ -127,8 +131,9 @@ def run_cell(cell: dict, args_dict: dict) -> dict:
     t0 = time.perf_counter()
     res = sweep_policy(cfg, template, cell["levels"], rel_tol=a.tolerance, min_duration=a.min_duration)
     p, o = template.mean_lengths()
+    bound = capacity_bound(cfg.engine_model(), template.at_rate(1.0), cfg.instances, cfg.max_num_seqs)
     return {"cell": cell, "slack_mode": slack, "code": a.code, "config": cfg.describe(),
-            "result": res.to_json(), "wall_s": time.perf_counter() - t0,
+            "result": res.to_json(), "wall_s": time.perf_counter() - t0, "capacity_bound_rps": bound,
             "workload": {"mean_prompt": p, "mean_output": o, "truncated": template.truncated}}
 
 
@@ -180,103 +185,132 @@ def _fmt(x, nd=2):
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{nd}f}"
 
 
+COSTS = ("measured", "constant")
+
+
+def _main_row(by, costs, m, d, pols):
+    slo = tuple(default_slo(d))
+    cells = {p: by.get((costs, "main", m, d, p, slo, 1.0)) for p in pols}
+    good = {p: (c["result"]["goodput_rps"]["p90"] if c else None) for p, c in cells.items()}
+    bound = next((c.get("capacity_bound_rps") for c in cells.values() if c and c.get("capacity_bound_rps")), None)
+    budget = (cells.get("sarathi") or {}).get("result", {}).get("best_config", {}).get("p90", {}).get("chunk_size")
+    return slo, cells, good, bound, budget
+
+
 def report(args, results: dict[str, dict]) -> Path:
     from ecoserve.sim import plot
     from ecoserve.sim.plot import plot_attainment, plot_bars
 
-    # The plot palette knows the simulator's policy names; give the variant its own colour
-    # (otherwise it takes matplotlib's first, vLLM's blue).
+    # The plot palette knows the simulator's policy names; give the variants their own colours.
     plot.COLORS.setdefault("ecoserve-mean", "#e377c2")
+    plot.COLORS.setdefault("sarathi-2048", "#bcbd22")
 
     by = {}
     for res in results.values():
         c = res["cell"]
-        by[(c["exp"], c["model"], c["dataset"], c["policy"], tuple(c["slo"]), c["cv"])] = res
+        costs = res["config"].get("cost_model", "constant")
+        by[(costs, c["exp"], c["model"], c["dataset"], c["policy"], tuple(c["slo"]), c["cv"])] = res
+    have = [k for k in COSTS if any(key[0] == k for key in by)]
     out = args.out
     lines = ["# EcoServe reproduction in simulation", ""]
     lines += [
-        f"Generated by `python bench/reproduce_paper.py{' --quick' if args.quick else ''}` "
-        f"({time.strftime('%Y-%m-%d')}). Simulator: `ecoserve/sim` (roofline engine model, the policy core "
-        "driven unchanged). Every cell is a goodput search: the highest Poisson (or Gamma) rate at which the "
-        "given share of requests meets both SLOs; each run lasts at least "
-        f"{args.min_duration:g} s of arrivals and {args.num_requests} requests; the search stops within "
-        f"{args.tolerance:.0%}. Baselines keep their best configuration (Sarathi token budget, DistServe "
-        f"node layout, Mooncake P:D split). `ecoserve` is the policy core's default TPOT check (min slack: "
-        "the least saved TPOT among the decoders must cover the coming stall); `ecoserve-mean` is the paper's "
-        "check (their mean). Both count started window members as decoders, respect the engines' seat limit "
-        f"(max_num_seqs 256) and use no decode margin. Code fingerprint `{args.code}` (part of every cell's "
-        "cache key).",
+        f"Generated by `python bench/reproduce_paper.py{' --quick' if args.quick else ''} --cost-model COSTS` "
+        f"({time.strftime('%Y-%m-%d')}), once per cost model. Simulator: `ecoserve/sim`, the policy core driven "
+        "unchanged. Two cost models for the preset GPUs (`ecoserve/sim/engine_model.py`): **measured**, the "
+        "default (operator efficiencies from Vidur's published GPU profiles by step size, separate prefill and "
+        "decode attention kernels, Vidur's measured CPU overhead per step; `ecoserve/sim/measured.py`), and "
+        "**constant** (one efficiency per operator kind, the earlier model). Every cell is a goodput search: the "
+        "highest Poisson (or Gamma) rate at which the given share of requests meets both SLOs; each run lasts at "
+        f"least {args.min_duration:g} s of arrivals and {args.num_requests} requests; the search stops within "
+        f"{args.tolerance:.0%}. Requests carry the `max_tokens` a client sends (the dataset's cap on an answer, "
+        "less what the prompt leaves of the context); the policy reserves KV from it and the true length only "
+        "decides when a request ends. Baselines keep their best configuration (Sarathi's token budget, DistServe's "
+        "node layout, Mooncake's P:D split); `sarathi-2048` is Sarathi at vLLM 0.7.3's default budget, the "
+        "paper's vLLM. `ecoserve` is the policy core's default TPOT check (the least saved TPOT among the "
+        "decoders); `ecoserve-mean` is the paper's (their mean). `bound` is the capacity bound "
+        "(`ecoserve/sim/bound.py`): the rate at which the workload's work saturates every instance at the best "
+        f"step efficiency the cost model allows. Code fingerprint `{args.code}`.",
         "",
     ]
-
-    # Main table
-    main_keys = [(m, d) for m in args.models for d in args.datasets
-                 if any(("main", m, d, p) == k[:4] for k in by for p in POLICIES)]
     pols = [p for p in POLICIES if p in args.policies]
     ecos = [e for e in ECO if e in pols]
     bases = [b for b in BASELINES if b in pols]
+    main_keys = [(m, d) for m in args.models for d in args.datasets
+                 if any(key[1:4] == ("main", m, d) for key in by)]
     if main_keys:
-        lines += ["## 1. P90 goodput on the L20 cluster (8 instances)", "",
-                  "req/s at which 90% of requests meet both SLOs (0.00: not even the lowest rate tried).", ""]
-        lines.append("| model | dataset | SLO | " + " | ".join(pols) + " |")
-        lines.append("|---|---|---|" + "---|" * len(pols))
-        ratios = {(e, b): [] for e in ecos for b in bases}
-        by_ds = {(e, d): [] for e in ecos for d in DATASETS}
-        ratio_rows = []
-        bars = {}
-        for m, d in main_keys:
-            slo = tuple(default_slo(d))
-            row = {}
-            for p in pols:
-                r = by.get(("main", m, d, p, slo, 1.0))
-                row[p] = r["result"]["goodput_rps"]["p90"] if r else None
-            lines.append(f"| {m} | {d} | {slo[0]:g} s / {slo[1] * 1e3:g} ms | "
-                         + " | ".join(_fmt(row[p]) for p in pols) + " |")
-            rr = []
-            for b in bases:
-                for e in ecos:
-                    eco, v = row.get(e), row.get(b)
-                    if eco is not None and v:
-                        rr.append(f"{eco / v:.2f}x")
-                        if eco > 0:
+        geo = {}
+        for costs in have:
+            tag = f"{costs} cost model"
+            lines += [f"## 1{'a' if costs == 'measured' else 'b'}. P90 goodput on the L20 cluster (8 instances), "
+                      f"{tag}", "", "req/s at which 90% of requests meet both SLOs (0.00: not even the lowest rate "
+                      "tried); `share` is the best policy's share of the bound.", ""]
+            lines.append("| model | dataset | SLO | " + " | ".join(pols) + " | bound | best share | Sarathi budget |")
+            lines.append("|---|---|---|" + "---|" * (len(pols) + 3))
+            ratios = {(e, b): [] for e in ecos for b in bases}
+            by_ds = {(e, d): [] for e in ecos for d in DATASETS}
+            shares = {p: [] for p in pols}
+            ratio_rows, bars = [], {}
+            for m, d in main_keys:
+                slo, cells, good, bound, budget = _main_row(by, costs, m, d, pols)
+                if not any(cells.values()):
+                    continue
+                best = max((v for v in good.values() if v is not None), default=None)
+                lines.append(f"| {m} | {d} | {slo[0]:g} s / {slo[1] * 1e3:g} ms | "
+                             + " | ".join(_fmt(good[p]) for p in pols)
+                             + f" | {_fmt(bound)} | {_fmt(best / bound if best and bound else None)} | {budget or 'n/a'} |")
+                for p in pols:
+                    if good[p] is not None and bound:
+                        shares[p].append(good[p] / bound)
+                rr = []
+                for b in bases:
+                    for e in ecos:
+                        eco, v = good.get(e), good.get(b)
+                        rr.append(f"{eco / v:.2f}x" if eco is not None and v else "n/a")
+                        if eco and v:
                             ratios[(e, b)].append(eco / v)
-                    else:
-                        rr.append("n/a")
-            for e in ecos:
-                nodg = [row[p] for p in ("vllm", "sarathi") if row.get(p)]
-                if row.get(e) and nodg:
-                    by_ds[(e, d)].append(row[e] / max(nodg))
-            ratio_rows.append(f"| {m} | {d} | " + " | ".join(rr) + " |")
-            bars[f"{m}\n{d}"] = {p: row[p] or 0.0 for p in pols}
-            curves = {p: [(pt["rate"], pt["attainment"]) for pt in by[("main", m, d, p, slo, 1.0)]["result"]["points"]]
-                      for p in pols if ("main", m, d, p, slo, 1.0) in by}
-            plot_attainment(curves, str(out / f"attainment-{m}-{d}.png"), levels={"p90": 0.9},
-                            title=f"{m}, 8x L20, {d}, SLO {slo[0]:g} s / {slo[1] * 1e3:g} ms")
-        plot_bars(bars, str(out / "goodput-p90-l20.png"), title="P90 goodput, 8 instances on L20", ylabel="req/s")
-        lines += ["", "![P90 goodput](goodput-p90-l20.png)", ""]
-        lines += ["### EcoServe's P90 goodput over each baseline, per cell", "",
-                  "| model | dataset | " + " | ".join(f"{e} / {b}" for b in bases for e in ecos) + " |",
-                  "|---|---|" + "---|" * (len(bases) * len(ecos))]
-        lines += ratio_rows
-        lines += ["", "### EcoServe's speedup over each baseline (geometric mean over the cells above)", "",
-                  "A cell where a baseline's goodput is 0 (Mooncake, Llama-30B/LongBench) has no ratio; one where "
-                  "EcoServe's is 0 would count as missing as well (a geometric mean cannot hold a 0).", "",
-                  "| baseline | " + " | ".join(f"ours: {e}" for e in ecos)
-                  + " | paper (OSDI, L20) | paper (arXiv, L20) |", "|---|" + "---|" * (len(ecos) + 2)]
+                for e in ecos:
+                    nodg = [good[p] for p in ("vllm", "sarathi", "sarathi-2048") if good.get(p)]
+                    if good.get(e) and nodg:
+                        by_ds[(e, d)].append(good[e] / max(nodg))
+                ratio_rows.append(f"| {m} | {d} | " + " | ".join(rr) + " |")
+                bars[f"{m}\n{d}"] = {p: good[p] or 0.0 for p in pols}
+                if costs == "measured":
+                    curves = {p: [(pt["rate"], pt["attainment"]) for pt in c["result"]["points"]]
+                              for p, c in cells.items() if c}
+                    plot_attainment(curves, str(out / f"attainment-{m}-{d}.png"), levels={"p90": 0.9},
+                                    title=f"{m}, 8x L20, {d}, SLO {slo[0]:g} s / {slo[1] * 1e3:g} ms")
+            if costs == "measured":
+                plot_bars(bars, str(out / "goodput-p90-l20.png"), title="P90 goodput, 8 instances on L20 "
+                          "(measured cost model)", ylabel="req/s")
+                lines += ["", "![P90 goodput](goodput-p90-l20.png)"]
+            lines += ["", f"EcoServe's P90 goodput over each baseline, per cell ({tag}):", "",
+                      "| model | dataset | " + " | ".join(f"{e} / {b}" for b in bases for e in ecos) + " |",
+                      "|---|---|" + "---|" * (len(bases) * len(ecos))]
+            lines += ratio_rows
+            lines += ["", f"Mean share of the capacity bound over the cells ({tag}): "
+                      + ", ".join(f"{p} {_fmt(sum(v) / len(v))}" for p, v in shares.items() if v) + ".", ""]
+            geo[costs] = (ratios, by_ds)
+        lines += ["## 1c. EcoServe's speedup over each baseline (geometric mean over the cells), both cost models", "",
+                  "A cell where either goodput is 0 has no ratio.", "",
+                  "| baseline | " + " | ".join(f"{e}, {c}" for c in have for e in ecos)
+                  + " | paper (OSDI, L20) | paper (arXiv, L20) |", "|---|" + "---|" * (len(have) * len(ecos) + 2)]
         for b in bases:
-            ours = " | ".join(f"{_fmt(_gm(ratios[(e, b)]))}x over {len(ratios[(e, b)])} cells" for e in ecos)
-            lines.append(f"| {b} | {ours} | "
-                         f"{PAPER['l20_p90_speedup'][b]}x | {1 + PAPER['arxiv_l20_p90_gain_pct'][b] / 100:.2f}x |")
-        lines += ["", "### By dataset: EcoServe over the better NoDG baseline (vLLM or Sarathi), geometric mean over "
-                  "models", "", "| dataset | " + " | ".join(f"ours: {e}" for e in ecos) + " | paper |",
-                  "|---|" + "---|" * (len(ecos) + 1)]
+            cols = " | ".join(f"{_fmt(_gm(geo[c][0][(e, b)]))}x ({len(geo[c][0][(e, b)])})" for c in have for e in ecos)
+            paper = PAPER["l20_p90_speedup"].get(b)
+            arxiv = PAPER["arxiv_l20_p90_gain_pct"].get(b)
+            lines.append(f"| {b} | {cols} | {f'{paper}x' if paper else 'n/a'} | "
+                         f"{f'{1 + arxiv / 100:.2f}x' if arxiv else 'n/a'} |")
+        lines += ["", "By dataset, over the best NoDG baseline (vLLM, best-budget Sarathi or Sarathi at 2048), geometric "
+                  "mean over models:", "", "| dataset | " + " | ".join(f"{e}, {c}" for c in have for e in ecos)
+                  + " | paper |", "|---|" + "---|" * (len(have) * len(ecos) + 1)]
         for d in args.datasets:
-            lines.append(f"| {d} | " + " | ".join(f"{_fmt(_gm(by_ds[(e, d)]))}x" for e in ecos)
+            lines.append(f"| {d} | " + " | ".join(f"{_fmt(_gm(geo[c][1][(e, d)]))}x" for c in have for e in ecos)
                          + f" | {PAPER['by_dataset_vs_nodg'][d]}x |")
-        lines += ["", "Attainment curves (the best configuration of each baseline):", ""]
+        lines += ["", "Attainment curves (measured cost model; each baseline in its best configuration):", ""]
         for m, d in main_keys:
             lines.append(f"![{m} {d}](attainment-{m}-{d}.png)")
         lines.append("")
+    by = {key[1:]: v for key, v in by.items() if key[0] == (have[0] if have else "measured")}
 
     # The paper ran EcoServe with its mean check; its figures stand beside both variants.
     def paper_of(p, table):
@@ -345,7 +379,10 @@ def main(argv=None) -> None:
     ap.add_argument("--min-duration", type=float, default=None)
     ap.add_argument("--tolerance", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cost-model", choices=("measured", "constant"), default="measured",
+                    help="the presets' step-time model (see ecoserve/sim/engine_model.py)")
     ap.add_argument("--report-only", action="store_true", help="rebuild the report from cached cells")
+    ap.add_argument("--code", default=None, help="report cells of this code fingerprint (default: the code's now)")
     args = ap.parse_args(argv)
     args.only = args.only.split(",")
     args.models = args.models.split(",")
@@ -354,14 +391,19 @@ def main(argv=None) -> None:
     args.num_requests = args.num_requests or (300 if args.quick else 500)
     args.min_duration = args.min_duration or (60.0 if args.quick else 120.0)
     args.tolerance = args.tolerance or (0.05 if args.quick else 0.02)
-    args.code = code_fingerprint()
+    args.code = args.code or code_fingerprint()
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.report_only:
-        raw = args.out / "raw"
-        wanted = {cell_key(c, args) for c in cells(args)}
-        results = {p.stem: json.loads(p.read_text()) for p in raw.glob("*.json") if p.stem in wanted}
-    else:
-        results = run_all(args)
+    if not args.report_only:
+        run_all(args)
+    # The report sets both cost models side by side: every cached cell of either.
+    raw = args.out / "raw"
+    results = {}
+    for costs in COSTS:
+        view = argparse.Namespace(**{**vars(args), "cost_model": costs})
+        for c in cells(view):
+            path = raw / f"{cell_key(c, view)}.json"
+            if path.exists():
+                results[path.stem] = json.loads(path.read_text())
     path = report(args, results)
     print(f"report: {path}", file=sys.stderr)
 
