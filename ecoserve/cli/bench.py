@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from ecoserve.cli.options import json_clean, rounded, run_json, workload_json, write_records
+from ecoserve.cli.options import json_clean, parse_levels, rounded, run_json, workload_json, write_records
 
 
 def bench_options(f):
@@ -190,7 +190,7 @@ def sweep_cmd(rates, search, start_rate, tolerance, max_runs, levels, min_durati
     """Goodput at P50/P90...: the highest rate at which that share of requests
     meets both SLOs, from measured runs (the shape of `simulate sweep`)."""
     from ecoserve.bench.runner import bench_once
-    from ecoserve.metrics import LEVELS, find_goodput
+    from ecoserve.metrics import find_goodput
 
     if not rates and not search:
         raise click.UsageError("give --rates R1,R2,... and/or --search")
@@ -200,12 +200,7 @@ def sweep_cmd(rates, search, start_rate, tolerance, max_runs, levels, min_durati
         raise click.BadParameter("rates must be numbers", param_hint="--rates") from None
     if any(r <= 0 for r in points):
         raise click.BadParameter("rates must be > 0", param_hint="--rates")
-    lv = {}
-    for name in (x.strip() for x in levels.split(",") if x.strip()):
-        try:
-            lv[name] = LEVELS[name] if name in LEVELS else float(name.lstrip("p")) / 100
-        except ValueError:
-            raise click.BadParameter(f"bad level {name!r}", param_hint="--levels") from None
+    lv = parse_levels(levels)
     setup = _Setup(base_url, model, tokenizer, api_key, dataset, replay, max_context, slo_ttft, slo_tpot,
                    burstiness, num_requests, seed)  # fmt: skip
     t0 = time.perf_counter()

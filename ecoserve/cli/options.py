@@ -33,6 +33,19 @@ def policy_options(f):
     return f
 
 
+def parse_levels(levels: str) -> dict[str, float]:
+    """``--levels p50,p90,p99`` (or ``p95``, ``0.9``...) as attainment shares."""
+    from ecoserve.metrics import LEVELS
+
+    out = {}
+    for name in (x.strip() for x in levels.split(",") if x.strip()):
+        try:
+            out[name] = LEVELS[name] if name in LEVELS else float(name.lstrip("p")) / 100
+        except ValueError:
+            raise click.BadParameter(f"bad level {name!r}", param_hint="--levels") from None
+    return out
+
+
 def json_clean(x: Any) -> Any:
     """JSON has no NaN/inf: write null."""
     if isinstance(x, float):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from ecoserve.cli.options import json_clean, policy_options, run_json, workload_json, write_records
+from ecoserve.cli.options import json_clean, parse_levels, policy_options, run_json, workload_json, write_records
 from ecoserve.policy.config import PAPER_POLICIES
 from ecoserve.policy.config import SIM_POLICIES as ALL_POLICIES
 
@@ -79,7 +79,7 @@ def common_options(f):
                           "With --autoscale a macro instance that grows past it splits in two."),
         click.option("--chunk-size", type=click.IntRange(16), default=None,
                      help="Token budget per step of chunked-prefill engines. sarathi: default the best of "
-                          "256/512/1024/2048 and Sarathi's SLO rule (sweep), or the rule alone (run). "
+                          "64/128/256/512/1024/2048 and Sarathi's SLO rule (sweep), or the rule alone (run). "
                           "round-robin/least-loaded (stock vLLM V1 engines): default vLLM's own "
                           "max_num_batched_tokens (2048; 8192 on 80 GB GPUs but A100)."),
         click.option("--pd-ratio", default=None, callback=_ratio_arg,
@@ -328,7 +328,6 @@ def sweep_cmd(policies, levels, tolerance, min_duration, start_rate, rates, plot
     token budgets, DistServe layouts, Mooncake P:D splits) and the best counts."""
     from dataclasses import replace
 
-    from ecoserve.metrics import LEVELS
     from ecoserve.sim import sweep_policy
 
     names = [p.strip() for p in policies.split(",") if p.strip()]
@@ -336,12 +335,7 @@ def sweep_cmd(policies, levels, tolerance, min_duration, start_rate, rates, plot
     if bad or not names:
         raise click.BadParameter(f"unknown policies {bad}; choose from {', '.join(ALL_POLICIES)}",
                                  param_hint="--policies")
-    lv = {}
-    for name in (x.strip() for x in levels.split(",") if x.strip()):
-        try:
-            lv[name] = LEVELS[name] if name in LEVELS else float(name.lstrip("p")) / 100
-        except ValueError:
-            raise click.BadParameter(f"bad level {name!r}", param_hint="--levels") from None
+    lv = parse_levels(levels)
     extra = [float(x) for x in rates.split(",")] if rates else []
     base, template = _setup(model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft, slo_tpot, burstiness,
                             num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio)
