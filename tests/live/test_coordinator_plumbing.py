@@ -60,10 +60,29 @@ async def test_rejected_and_bad_requests_are_4xx():
             with pytest.raises(RequestError) as e:
                 await coord.generate("p", max_tokens=8, model="other")
             assert e.value.status == 404
-            with pytest.raises(RequestError) as e:  # refused by the engine itself: passed on
+            with pytest.raises(RequestError) as e:  # refused by the schema, as the front door refuses it
                 await coord.generate("p", max_tokens=8, temperature=-1)
             assert e.value.status == 400 and "temperature" in e.value.message
             assert coord.status()["in_flight"] == 0 and coord.router.instances()[0].kv_reserved == 0
+
+
+async def test_the_python_api_validates_as_the_front_door_and_takes_one_policy_config():
+    from ecoserve.policy import SLO, PolicyConfig
+
+    config = PolicyConfig("ecoserve", SLO(2.0, 0.05), slack_mode="mean", decode_margin_s=0.01)
+    async with fakes(1) as (a,):
+        async with Coordinator(engine_urls=[a.url], config=config) as coord:
+            checker = coord.router.constraint_checker()
+            assert (checker.slack_mode, checker.decode_margin_s, checker.slo) == ("mean", 0.01, SLO(2.0, 0.05))
+            for bad, param in (({"n": 0}, "n"), ({"stream_options": {"include_usage": True}}, "stream_options"),
+                               ({"max_tokens": "5"}, "max_tokens"), ({"prompt": []}, "prompt")):  # fmt: skip
+                body = {"max_tokens": 4, **bad}
+                prompt = body.pop("prompt", "p")
+                with pytest.raises(RequestError) as e:
+                    await coord.generate(prompt, **body)
+                assert e.value.status == 400 and e.value.param == param, (bad, e.value.message)
+            assert a.finished == a.aborted == a.running == 0  # none reached the engine
+            assert coord.status()["in_flight"] == 0
 
 
 async def test_requests_queue_behind_a_full_window_and_all_finish():
