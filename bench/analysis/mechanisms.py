@@ -106,10 +106,11 @@ def _q(xs, q):
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
-def config_for(policy, model, dataset, best_cfg):
+def config_for(policy, model, dataset, best_cfg, cost_model="measured"):
     sim_policy, slack = VARIANTS.get(policy, (policy, None))
     ttft, tpot = default_slo(dataset)
-    cfg = SimConfig(policy=sim_policy, model=model, hardware="l20", instances=8, slo_ttft=ttft, slo_tpot=tpot)
+    cfg = SimConfig(policy=sim_policy, model=model, hardware="l20", instances=8, slo_ttft=ttft, slo_tpot=tpot,
+                    cost_model=cost_model)
     if slack:
         cfg = replace(cfg, slack_mode=slack)
     b = (best_cfg or {}).get("p90") or {}
@@ -214,13 +215,13 @@ def measure(cfg, template, rate, min_duration):
     return out
 
 
-def full_cell(model, dataset, policy, exp="main", slo=None, cv=1.0, code=None):
+def full_cell(model, dataset, policy, exp="main", slo=None, cv=1.0, code=None, cost_model="measured"):
     """The cached full-run cell of ``bench/reproduce_paper.py`` (current code), or None."""
     sys.path.insert(0, str(ROOT / "bench"))
     import reproduce_paper as rp
 
     rargs = argparse.Namespace(quick=False, num_requests=500, min_duration=120.0, tolerance=0.02, seed=0,
-                               code=code or rp.code_fingerprint())
+                               code=code or rp.code_fingerprint(), cost_model=cost_model)
     hw = "l20" if exp == "main" else "a800"
     cell = {"exp": exp, "model": model, "hardware": hw, "dataset": dataset, "policy": policy,
             "slo": list(slo or default_slo(dataset)), "cv": cv,
@@ -238,6 +239,7 @@ def main():
     ap.add_argument("--rates", default="", help="extra rates, req/s")
     ap.add_argument("--quick", action="store_true", help="use the --quick cells (and their run lengths)")
     ap.add_argument("--code", default=None, help="code fingerprint of the cells to read (default: the current code's)")
+    ap.add_argument("--cost-model", choices=("measured", "constant"), default="measured")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "mechanisms.json")
     a = ap.parse_args()
     # The cells of the current code and search settings, by reproduce_paper's own keys.
@@ -246,7 +248,7 @@ def main():
 
     rargs = argparse.Namespace(quick=a.quick, num_requests=300 if a.quick else 500,
                                min_duration=60.0 if a.quick else 120.0, tolerance=0.05 if a.quick else 0.02,
-                               seed=0, code=a.code or rp.code_fingerprint(), only=["main"], models=a.models.split(","),
+                               seed=0, code=a.code or rp.code_fingerprint(), cost_model=a.cost_model, only=["main"], models=a.models.split(","),
                                datasets=a.datasets.split(","), policies=list(POLICIES))
     a.num_requests, a.min_duration = rargs.num_requests, rargs.min_duration
     cache = {}
@@ -275,10 +277,10 @@ def main():
             template = WorkloadTemplate(d, num_requests=a.num_requests, seed=0, max_context=MODELS[m].max_context)
             for rate in rates:
                 for p in a.policies.split(","):
-                    key = f"{m}|{d}|{rate:.4f}|{p}"
+                    key = f"{a.cost_model}|{m}|{d}|{rate:.4f}|{p}"
                     if key in results:
                         continue
-                    cfg = config_for(p, m, d, have[p]["result"].get("best_config"))
+                    cfg = config_for(p, m, d, have[p]["result"].get("best_config"), a.cost_model)
                     res = measure(cfg, template, rate, a.min_duration)
                     res["goodput_p90"] = gp
                     results[key] = res
