@@ -13,7 +13,11 @@ VLLM_CPU_OMP_THREADS_BIND=0 / 1), same workloads and SLOs:
                  stock vLLM V1 scheduler (chunked prefill, 2048-token budget);
 - fudg-1p1d:     1 prefill + 1 decode stock vLLM engine with ExampleConnector KV
                  transfer through a temporary directory, behind
-                 `python -m ecoserve.bench.disagg_proxy`.
+                 `python -m ecoserve.bench.disagg_proxy`;
+- router-rr, router-cache, router-rr-256: what a user would run instead: vllm-router
+                 (PyPI) with its round_robin or cache_aware policy over 2 stock vLLM
+                 engines, at vLLM's default token budget (2048) or at 256
+                 (``ecoserve.bench.peers``).
 Every measurement is `ecoserve bench sweep` (the exact command lines are logged
 to OUT/commands.txt); the engines' prefix caches are reset before each run so
 no system profits from prompts another one sent.
@@ -46,6 +50,7 @@ from pathlib import Path
 
 import httpx
 
+from ecoserve.bench.peers import VllmRouter
 from ecoserve.engine.process import EngineProcess, engine_env, stop_engines, vllm_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +59,10 @@ MODEL = ROOT / ".cache/models/small"
 ENGINE_ARGS = ["--max-model-len", "2048", "--enforce-eager", "--dtype", "bfloat16"]
 KV_GIB = "2"
 HARDWARE = "1 core (VLLM_CPU_OMP_THREADS_BIND=0) of the 2-core host, bf16, vllm-cpu 0.32, small model"
-SYSTEMS = ("ecoserve", "round-robin", "least-loaded", "fudg-1p1d")
+SYSTEMS = ("ecoserve", "round-robin", "least-loaded", "fudg-1p1d", "router-rr", "router-cache", "router-rr-256")
+# vllm-router peers: system -> (its policy, the stock engines' max_num_batched_tokens; None: vLLM's default)
+ROUTER_PEERS = {"router-rr": ("round_robin", None), "router-cache": ("cache_aware", None),
+                "router-rr-256": ("round_robin", 256)}
 ENGINE_START_S = 600.0
 STOP_GRACE_S = 20.0
 
@@ -75,9 +83,11 @@ def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Engi
     return p
 
 
-def start_engine(port: int, core: int, log: Path, *, plugin: bool, kv_dir: str | None = None) -> EngineProcess:
+def start_engine(port: int, core: int, log: Path, *, plugin: bool, kv_dir: str | None = None,
+                 budget: int | None = None) -> EngineProcess:  # fmt: skip
     # host None: vLLM's default; plugin False: stock vLLM, no EcoServe plugin loaded at all
-    cmd = vllm_command(MODEL, port, ENGINE_ARGS, host=None, plugin=plugin)
+    extra = ["--max-num-batched-tokens", str(budget)] if budget else []
+    cmd = vllm_command(MODEL, port, ENGINE_ARGS + extra, host=None, plugin=plugin)
     env = engine_env({"VLLM_CPU_OMP_THREADS_BIND": str(core), "VLLM_CPU_KVCACHE_SPACE": KV_GIB,
                       "VLLM_SERVER_DEV_MODE": "1"}, plugin=plugin)  # fmt: skip
     if kv_dir:
@@ -355,7 +365,7 @@ def main() -> None:
     e_urls = [f"http://127.0.0.1:{p}" for p in ports]
 
     # Phase A: two plugin engines, shared by EcoServe and the NoDG baselines.
-    nodg = [s for s in systems if s != "fudg-1p1d"]
+    nodg = [s for s in systems if s != "fudg-1p1d" and s not in ROUTER_PEERS]
     profile_path = a.profile
     if nodg or profile_path is None:
         print("starting 2 plugin engines ...", flush=True)
@@ -418,6 +428,24 @@ def main() -> None:
             stop_engines([proxy, *engines], STOP_GRACE_S)
         finally:
             shutil.rmtree(kv_dir, ignore_errors=True)
+
+    # Phase C: the real peer, vllm-router over 2 stock engines, per engine budget.
+    for budget in sorted({ROUTER_PEERS[s][1] or 0 for s in systems if s in ROUTER_PEERS}):
+        peers = [s for s in systems if s in ROUTER_PEERS and (ROUTER_PEERS[s][1] or 0) == budget]
+        print(f"starting 2 stock engines (budget {budget or 'default'}) for {', '.join(peers)} ...", flush=True)
+        engines = [start_engine(p, i, logs / f"stock{budget}-engine{i}.log", plugin=False, budget=budget or None)
+                   for i, p in enumerate(ports)]  # fmt: skip
+        for u, e in zip(e_urls, engines):
+            e.wait_healthy(u, ENGINE_START_S)
+        for system in peers:
+            router = VllmRouter(e_urls, policy=ROUTER_PEERS[system][0], log_path=logs / f"{system}.log").start()
+            rec.log(router.process.cmd)
+            for wl, path in workloads.items():
+                print(f"{system} / {wl} ...", flush=True)
+                results.append(sweep(rec, system, router.url, wl, path, rates[wl], slos[wl], e_urls,
+                                     capture=False, resume=a.resume))
+            router.stop()
+        stop_engines(engines, STOP_GRACE_S)
 
     if a.keep_others:  # the other systems' runs, from their raw files
         done = {r["policy"] for r in results}
