@@ -84,10 +84,13 @@ class PrefillTimePredictor:
 
     def observe(self, prompt_tokens: int, seconds: float) -> None:
         """Fold in one measured prefill (e.g. from an engine's step record)."""
-        base = self.base(prompt_tokens)
-        if base <= 0 or seconds <= 0:
+        self._fold(seconds, self.base(prompt_tokens))
+
+    def _fold(self, seconds: float, predicted: float) -> None:
+        """Move the correction toward measured over predicted (clamped)."""
+        if predicted <= 0 or seconds <= 0:
             return
-        ratio = min(self.max_ratio, max(self.min_ratio, seconds / base))
+        ratio = min(self.max_ratio, max(self.min_ratio, seconds / predicted))
         self.correction += self.alpha * (ratio - self.correction)
         self.observations += 1
 
@@ -99,13 +102,8 @@ class PrefillTimePredictor:
         check charges a window: comparing it with one prompt of their total
         length, the earlier rule, overstated the batch discount (attention is per
         prompt) and halved EcoServe's simulated LongBench goodput."""
-        if kind != "prefill" or prefill_tokens <= 0 or prompts < 1 or seconds <= 0:
-            return
-        share = self.base(max(1, round(prefill_tokens / prompts)))
-        if share > 0:
-            ratio = min(self.max_ratio, max(self.min_ratio, seconds / (prompts * share)))
-            self.correction += self.alpha * (ratio - self.correction)
-            self.observations += 1
+        if kind == "prefill" and prefill_tokens > 0 and prompts >= 1:
+            self._fold(seconds, prompts * self.base(max(1, round(prefill_tokens / prompts))))
 
 
 def _solve3(m: list[list[float]]) -> tuple[float, float, float]:
