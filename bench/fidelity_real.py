@@ -9,7 +9,8 @@ For every (system, workload, rate) measured, one `ecoserve simulate run
 table OUT/FIDELITY-table.md (relative error (sim - real) / real per metric).
 Systems map to simulator policies of the same name (round-robin and
 least-loaded model stock vLLM V1 engines: chunked prefill at the real engines'
-2048-token budget); fudg-1p1d -> mooncake with 1:1 nodes.
+2048-token budget); vllm-router's peers to round-robin or least-loaded at their
+engines' budget (``sim_policy``); fudg-1p1d -> mooncake with 1:1 nodes.
 """
 
 from __future__ import annotations
@@ -22,17 +23,34 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_real import interp_goodput
+from compare_real import ROUTER_PEERS, interp_goodput
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 METRICS = (("ttft", "p50"), ("ttft", "p90"), ("tpot", "p50"), ("tpot", "p90"))
 
 
-def sim_policy(system: str) -> list[str]:
+def sim_policy(system: str) -> list[str] | None:
+    """The simulator's policy for a measured system (None: none models it).
+    vllm-router's round_robin is our round-robin over stock engines, at the
+    engines' budget; its cache_aware and power_of_two are modelled as
+    least-loaded (the benchmark's prompts share no prefix, so cache_aware
+    balances by load)."""
     if system == "fudg-1p1d":
         return ["--policy", "mooncake", "--pd-ratio", "1:1"]
-    return ["--policy", system]
+    if system in ("ecoserve", "round-robin", "least-loaded"):
+        return ["--policy", system]
+    if system in ROUTER_PEERS:
+        policy, budget = ROUTER_PEERS[system]
+        sim = "round-robin" if policy == "round_robin" else "least-loaded"
+        return ["--policy", sim, "--chunk-size", str(budget or 2048)]
+    return None
+
+
+def count(res: dict, wl: str, rate: float) -> list[str]:
+    """The point's request count, where the run recorded one (else the whole file)."""
+    n = res.get("requests_per_point", {}).get(wl, {}).get(f"{rate:g}")
+    return ["--num-requests", str(n)] if n else []
 
 
 def main() -> None:
@@ -48,14 +66,16 @@ def main() -> None:
     cmds = []
     for r in res["results"]:
         wl, system = r["workload"], r["policy"]
-        if system not in ("ecoserve", "round-robin", "least-loaded", "fudg-1p1d"):
+        policy = sim_policy(system)
+        if policy is None:
             continue  # e.g. ecoserve-slo5: its router ran with other SLOs than it is scored by
         slo = res["slos"][wl]
         path = out_dir / "workloads" / f"{wl}.jsonl"
         pts_real, pts_sim = [], []
         for run in r["runs"]:
             cmd = [PY, "-m", "ecoserve.cli", "simulate", "run", "--model", str(profile), "--instances", "2",
-                   *sim_policy(system), "--dataset", str(path), "--rate", f"{run['rate']:g}",
+                   *policy, "--dataset", str(path), "--rate", f"{run['rate']:g}",
+                   *count(res, wl, run["rate"]),
                    "--slo-ttft", str(slo["slo_ttft"]), "--slo-tpot", str(slo["slo_tpot"]), "--json"]  # fmt: skip
             cmds.append(shlex.join(cmd))
             p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)

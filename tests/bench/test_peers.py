@@ -5,28 +5,11 @@ client always streams, to time the first token)."""
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import httpx
 import pytest
 
 from ecoserve.bench.peers import VllmRouter
-from ecoserve.engine.process import EngineProcess, free_port
-
-
-@pytest.fixture
-def engine(tmp_path):
-    port = free_port()
-    proc = EngineProcess([sys.executable, "-m", "ecoserve.testing.fake_engine", "--port", str(port), "--no-phases"],
-                         dict(os.environ), tmp_path / "fake.log")  # fmt: skip
-    proc.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        proc.wait_healthy(url, 60)
-        yield url
-    finally:
-        proc.stop()
 
 
 def test_vllm_router_serves_a_completion_from_the_engine_behind_it(tmp_path, engine):
