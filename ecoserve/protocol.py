@@ -33,8 +33,11 @@ import msgspec
 # prefill:  admit and prefill; running decodes pause and keep their KV cache.
 # decode:   admit nothing; running requests decode.
 # mixed:    stock vLLM scheduling (baselines).
-EnginePhase = Literal["temporal", "prefill", "decode", "mixed"]
-PHASES: tuple[str, ...] = ("temporal", "prefill", "decode", "mixed")
+# chunked:  every decode, plus at most a budget of prompt tokens per step: the
+#           command's ``prompt_budget``, or the engine's own slack-derived rule for
+#           a TPOT SLO (``tpot_s``, or ECOSERVE_TPOT_SLO; vllm_plugin/budget.py).
+EnginePhase = Literal["temporal", "prefill", "decode", "mixed", "chunked"]
+PHASES: tuple[str, ...] = ("temporal", "prefill", "decode", "mixed", "chunked")
 
 # What the engine's batches currently contain (in every phase).
 Activity = Literal["idle", "prefill", "decode", "mixed"]
@@ -52,6 +55,10 @@ class PhaseCommand(msgspec.Struct, tag="set_phase", tag_field="type", forbid_unk
 
     phase: EnginePhase
     lease_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] | None = None
+    # ``chunked`` only: prompt tokens per step (fixed), or the TPOT SLO of the
+    # engine's own rule. Both None: the engine's settings stand.
+    prompt_budget: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    tpot_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] | None = None
 
 
 class GetStatus(msgspec.Struct, tag="get_status", tag_field="type", forbid_unknown_fields=True):
@@ -111,6 +118,7 @@ class EngineStatus(msgspec.Struct, tag="status", tag_field="type"):
     steps: list[StepRecord] = []
     addresses: EngineAddresses | None = None
     vllm_version: str = ""
+    prompt_budget: int | None = None  # ``chunked``: the budget of its latest step
 
 
 class ErrorReply(msgspec.Struct, tag="error", tag_field="type"):

@@ -3,7 +3,8 @@
 - ``GET  /ecoserve/status``  -> the engine's fresh status (EngineStatus JSON),
   including the ZeroMQ addresses to subscribe to / send commands to.
 - ``POST /ecoserve/phase``   body ``{"phase": "prefill"}`` (optionally with
-  ``"lease_s": SECONDS``, see ``PhaseCommand``) -> fresh status.
+  ``"lease_s": SECONDS``, and for ``chunked`` ``"prompt_budget": TOKENS`` or
+  ``"tpot_s": SECONDS``; see ``PhaseCommand``) -> fresh status.
 - ``POST /ecoserve/command`` body: any protocol Command -> reply.
 Each is one EngineCore utility call: it runs on the engine thread between
 steps and wakes an idle engine. Errors come back as ErrorReply JSON (400 for a
@@ -19,13 +20,12 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from typing import Annotated
 
 import msgspec
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import Response
 
-from ecoserve.protocol import EnginePhase, ErrorReply, GetStatus, PhaseCommand, decode_reply, encode
+from ecoserve.protocol import ErrorReply, GetStatus, PhaseCommand, decode_reply, encode
 from vllm_plugin import SCHEDULER_CLS
 from vllm_plugin.channel import MAX_COMMAND_BYTES
 from vllm_plugin.control import UTILITY_METHOD
@@ -34,12 +34,8 @@ _STATE_KEY = "ecoserve_engine_client"
 _KEYS_KEY = "ecoserve_api_key_hashes"
 
 
-class _PhaseBody(msgspec.Struct, forbid_unknown_fields=True):
-    phase: EnginePhase
-    lease_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] | None = None  # see PhaseCommand
-
-
-_phase_body = msgspec.json.Decoder(_PhaseBody)
+# The body is a PhaseCommand, its "type" tag optional: {"phase": "chunked", "prompt_budget": 256}
+_phase_body = msgspec.json.Decoder(PhaseCommand)
 
 
 def _json(body: bytes, status_code: int = 200) -> Response:
@@ -116,7 +112,7 @@ async def set_phase(request: Request) -> Response:
         body = _phase_body.decode(raw)
     except msgspec.DecodeError as e:
         return _json(encode(ErrorReply(error=f"rejected command: {e}")), 400)
-    return await _engine_call(request, encode(PhaseCommand(phase=body.phase, lease_s=body.lease_s)))
+    return await _engine_call(request, encode(body))
 
 
 @router.post("/command")

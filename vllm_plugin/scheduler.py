@@ -13,7 +13,13 @@ bookkeeping (KV allocation, preemption, connectors, stats) stays stock:
   right after, so vLLM's own pause API is untouched;
 - an engine whose work the phase forbids must sleep, not spin on empty steps:
   ``get_num_unfinished_requests`` hides that work, and the loop blocks on its
-  input queue until a request, an abort or a command arrives.
+  input queue until a request, an abort or a command arrives;
+- ``chunked``: every decode plus at most B prompt tokens (budget.py). vLLM reads
+  ``max_num_scheduled_tokens`` afresh in every ``schedule()``: set to the decodes
+  plus B around the call. Running requests are served in order, partial
+  prefills included, so a partial prefill before the decodes could take the
+  whole budget: every partial prefill but the first sits the step out, and
+  ``long_prefill_token_threshold`` (also read per call) caps that one at B.
 Everything here runs on the EngineCore main thread.
 """
 
@@ -29,6 +35,7 @@ from vllm.v1.core.sched.interface import PauseState
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from ecoserve.protocol import PHASES, EngineStatus
+from vllm_plugin.budget import EngineBudget
 from vllm_plugin.control import Controller, install_engine_core_methods
 from vllm_plugin.phases import StepPlan, plan_step
 from vllm_plugin.steps import StepRecorder
@@ -76,6 +83,7 @@ class EcoServeSchedulerMixin:
         # Admission signature at which a planned prefill step admitted nothing
         # for a reason the estimate does not see (e.g. a grammar still compiling).
         self._eco_blocked_at: tuple | None = None
+        self.eco_budget = EngineBudget(self.max_num_scheduled_tokens)
         self.eco_control = Controller(self, _calling_engine_core())
 
     # ---- phase control -------------------------------------------------------
@@ -131,6 +139,8 @@ class EcoServeSchedulerMixin:
     def eco_plan(self) -> StepPlan:
         if self.eco_phase == "mixed":
             return StepPlan.STOCK
+        if self.eco_phase == "chunked":
+            return StepPlan.CHUNKED
         partial = decoding = False
         for req in self.running:
             if req.is_prefill_chunk:
@@ -158,7 +168,7 @@ class EcoServeSchedulerMixin:
 
     def get_num_unfinished_requests(self) -> int:
         num = super().get_num_unfinished_requests()
-        if num and self.eco_phase != "mixed" and self.eco_plan() is StepPlan.IDLE:
+        if num and self.eco_phase not in ("mixed", "chunked") and self.eco_plan() is StepPlan.IDLE:
             return 0  # hide work the phase forbids, so the loop sleeps
         return num
 
@@ -167,6 +177,8 @@ class EcoServeSchedulerMixin:
         plan = self.eco_plan()
         if plan is StepPlan.STOCK:
             output = super().schedule(throttle_prefills)
+        elif plan is StepPlan.CHUNKED:
+            output = self._eco_schedule_chunked(throttle_prefills)
         else:
             output = self._eco_schedule(plan, throttle_prefills)
             if plan is StepPlan.PREFILL and output.total_num_scheduled_tokens == 0:
@@ -194,10 +206,35 @@ class EcoServeSchedulerMixin:
         finally:
             self._pause_state = saved
 
+    def _eco_schedule_chunked(self, throttle_prefills: bool):
+        budget = self.eco_budget.prompt_budget(self.running)
+        if budget is None:  # no commanded budget and no SLO: stock
+            return super().schedule(throttle_prefills)
+        hold_until = self.current_step + 2
+        decodes, seen_partial = 0, False
+        for req in self.running:
+            if not req.is_prefill_chunk:
+                decodes += 1
+            elif seen_partial:
+                req.next_decode_eligible_step = max(req.next_decode_eligible_step, hold_until)
+            else:
+                seen_partial = True
+        cfg = self.scheduler_config
+        saved = self.max_num_scheduled_tokens, cfg.long_prefill_token_threshold, self.adaptive_long_prefill_threshold
+        self.max_num_scheduled_tokens = max(1, min(saved[0], decodes + budget))
+        cfg.long_prefill_token_threshold = max(1, budget)
+        self.adaptive_long_prefill_threshold = False
+        try:
+            return super().schedule(throttle_prefills)
+        finally:
+            self.max_num_scheduled_tokens, cfg.long_prefill_token_threshold, self.adaptive_long_prefill_threshold = saved
+
     def update_from_output(self, scheduler_output, model_runner_output):
         outputs = super().update_from_output(scheduler_output, model_runner_output)
+        self.eco_budget.note_outputs(self.requests, scheduler_output.num_scheduled_tokens)
         record = self.eco_steps.finish(scheduler_output)
         if record is not None:
+            self.eco_budget.observe(record)
             self._eco_note_activity(record.kind, record.start)
             self.eco_control.publish(self.eco_status(recent=False))
         return outputs
@@ -234,6 +271,7 @@ class EcoServeSchedulerMixin:
             steps=list(self.eco_steps.recent) if recent else self.eco_steps.take_unsent(),
             addresses=self.eco_control.addresses,
             vllm_version=VLLM_VERSION,
+            prompt_budget=self.eco_budget.last if self.eco_phase == "chunked" else None,
         )
 
 

@@ -22,19 +22,32 @@ from ecoserve.policy.predictor import PrefillTimePredictor
 from ecoserve.policy.round_robin import RoundRobinRouter
 from ecoserve.policy.router import Router
 from ecoserve.policy.slo import SLO
+from ecoserve.policy.step_time import DecodeStepModel, StepTimePredictor
+from ecoserve.policy.trickle import TrickleMacroInstance
 
 # The routing policies that drive real engines (``ecoserve serve --policy``).
 POLICIES = ("ecoserve", "round-robin", "least-loaded")
 # The paper's comparison. Its baselines are engine behaviours that exist only in
 # the simulator (sim/cluster.py), which also runs the live routing baselines.
 PAPER_POLICIES = ("ecoserve", "vllm", "sarathi", "distserve", "mooncake")
-SIM_POLICIES = PAPER_POLICIES + tuple(p for p in POLICIES if p not in PAPER_POLICIES)
+# Ablations, in the simulator only: ``sarathi-dyn`` is Sarathi whose every step's
+# prompt budget comes from the decoders' slack (policy.chunk_budget).
+ABLATIONS = ("sarathi-dyn",)
+# Routers under evaluation, simulator only until they win there: ``ecoserve-trickle``
+# is trickle-first instance scheduling (policy/trickle.py).
+EXPERIMENTAL = ("ecoserve-trickle",)
+SIM_POLICIES = PAPER_POLICIES + tuple(p for p in POLICIES if p not in PAPER_POLICIES) + ABLATIONS + EXPERIMENTAL
 
 # The prefill-time predictor's starting model when no profile is given:
 # 10 ms + 1 ms per prompt token. Deliberately pessimistic for small models (a
 # slow prediction only makes windows smaller, never late); prefill step records
 # correct it online, by a factor within [0.2, 5].
 DEFAULT_PREFILL_COEFFS = (0.01, 1e-3, 0.0)
+# A decode step's starting model when no profile is given, 10 ms + 1 ms a
+# sequence + 1 us a context token: the order of the small generated model on one
+# CPU core (bench/results/real/profile-small-1core.json: 42 ms at batch 8,
+# context 512). Decode step records correct it (a ratio within [0.2, 5]).
+DEFAULT_DECODE_COEFFS = (0.01, 1e-3, 1e-6)
 
 
 def require_macros(policy: str) -> None:
@@ -59,10 +72,17 @@ class PolicyConfig:
     # points, else a quadratic's coefficients (a, b, c).
     prefill_points: tuple[tuple[int, float], ...] | None = None
     prefill_coeffs: tuple[float, float, float] | None = None
+    # ecoserve-trickle: prompt tokens a trickling step takes (decodes included), and
+    # the decode steps of a profile, (batch, context tokens, seconds), for its step-time
+    # predictor (None: DEFAULT_DECODE_COEFFS)
+    trickle_budget: int = 128
+    decode_points: tuple[tuple[int, int, float], ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
+        if self.policy not in POLICIES + EXPERIMENTAL:
             raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
+        if self.trickle_budget < 1:
+            raise ValueError("trickle_budget must be >= 1")
         if self.autoscale:
             require_macros(self.policy)
         if self.prefill_points is not None and self.prefill_coeffs is not None:
@@ -82,16 +102,25 @@ class PolicyConfig:
             return PrefillTimePredictor(points=self.prefill_points)
         return PrefillTimePredictor(coeffs=self.prefill_coeffs or DEFAULT_PREFILL_COEFFS)
 
+    def step_predictor(self, predictor: PrefillTimePredictor | None = None) -> StepTimePredictor:
+        """A step-time predictor around ``predictor`` (default: a fresh one)."""
+        decode = DecodeStepModel.fit(self.decode_points) if self.decode_points else DecodeStepModel(DEFAULT_DECODE_COEFFS)
+        return StepTimePredictor(predictor or self.predictor(), decode)
+
     def build_router(self, predictor: PrefillTimePredictor | None = None) -> Router:
         """The router for this policy, around ``predictor`` (default: a fresh one)."""
         if self.policy == "round-robin":
             return RoundRobinRouter()
         if self.policy == "least-loaded":
             return LeastLoadedRouter()
+        predictor = predictor or self.predictor()
         checker = ConstraintChecker(
-            self.slo, predictor or self.predictor(), slack_mode=self.slack_mode,
+            self.slo, predictor, slack_mode=self.slack_mode,
             output_reservation=self.output_reservation, decode_margin_s=self.decode_margin_s,
         )  # fmt: skip
+        if self.policy == "ecoserve-trickle":
+            steps, budget = self.step_predictor(predictor), self.trickle_budget
+            return OverallScheduler(checker, lambda c, name: TrickleMacroInstance(c, steps, budget, name))
         return OverallScheduler(checker)
 
     def planner(self) -> MitosisPlanner | None:
@@ -104,7 +133,7 @@ class PolicyConfig:
         baselines)."""
         if n < 1:
             raise ValueError("need at least one engine")
-        if self.policy != "ecoserve":
+        if self.policy not in ("ecoserve", "ecoserve-trickle"):
             return [n]
         groups = math.ceil(n / self.mitosis.macro_max)
         return [n // groups + (1 if g < n % groups else 0) for g in range(groups)]

@@ -94,11 +94,13 @@ class ConstraintChecker:
     def check(self, inst: InstanceState, req: RequestState, now: float) -> CheckResult:
         mine = self.predictor.predict(req.prompt_tokens)
         window_pred = inst.window_pred if inst.window_start is not None else 0.0
-        t_total = window_pred + mine
+        # Prompts trickling there (policy/trickle.py) are prefilled first by the
+        # window too; always none under Algorithm 1.
+        t_total = window_pred + inst.trickle_pred + mine
         elapsed = 0.0 if inst.window_start is None else now - inst.window_start
-        stall = max(0.0, window_pred - elapsed) + mine
+        stall = max(0.0, window_pred - elapsed) + inst.trickle_pred + mine
 
-        if inst.window_size and t_total > self.slo.ttft:
+        if (inst.window_size or inst.trickle_n) and t_total > self.slo.ttft:
             return CheckResult(Constraint.TTFT, t_total, stall)
         if inst.dec_n:
             if self.slack_mode == "mean":

@@ -40,6 +40,13 @@ class InstanceState:
     window_size: int = 0
     window_unstarted: int = 0
     window_pred: float = 0.0
+    # Requests routed outside any window that have no first token yet (trickled
+    # in chunks beside the decodes: policy/trickle.py): count, predicted prefill
+    # seconds and prompt tokens. Always zero under Algorithm 1, which routes into
+    # windows only.
+    trickle_n: int = 0
+    trickle_pred: float = 0.0
+    trickle_tokens: int = 0
     dec_n: int = 0
     dec_tokens: int = 0
     dec_tfirst: float = 0.0
@@ -129,11 +136,20 @@ class InstanceState:
             self.window_size += 1
             self.window_unstarted += 1
             self.window_pred += req.predicted_prefill
+        elif req.trickled:
+            self._trickle(req, 1)
+
+    def _trickle(self, req: RequestState, sign: int) -> None:
+        self.trickle_n += sign
+        self.trickle_pred += sign * req.predicted_prefill
+        self.trickle_tokens += sign * req.prompt_tokens
 
     def start(self, req: RequestState) -> None:
         """``req`` just had its first token (tokens_out already counted)."""
         if self.in_window(req):
             self.window_unstarted -= 1
+        elif req.trickled:
+            self._trickle(req, -1)
         self.dec_n += 1
         self.dec_tokens += req.tokens_out
         self.dec_tfirst += req.first_token_at
@@ -156,6 +172,8 @@ class InstanceState:
             self.window_pred -= req.predicted_prefill
             if not req.started:
                 self.window_unstarted -= 1
+        elif req.trickled and not req.started:
+            self._trickle(req, -1)
         if req.started:
             self.dec_n -= 1
             self.dec_tokens -= req.tokens_out

@@ -23,6 +23,8 @@ from ecoserve.policy.tracking import TrackingRouter
 
 
 class MacroInstance(TrackingRouter):
+    resting_phase = Phase.DECODE  # an instance's phase outside its prefill windows
+
     def __init__(self, checker: ConstraintChecker, name: str = "m0") -> None:
         super().__init__()
         self.checker = checker

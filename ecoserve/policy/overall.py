@@ -14,7 +14,7 @@ macro instances; nothing moves off an instance.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ecoserve.policy.actions import Action, Constraint, Drained, Queued, Rejected
 from ecoserve.policy.constraints import ConstraintChecker
@@ -30,8 +30,14 @@ class OverallScheduler(Router):
     initial_phase = Phase.DECODE  # decoding, no window open: windows are opened per request
     has_macros = True
 
-    def __init__(self, checker: ConstraintChecker) -> None:
+    def __init__(self, checker: ConstraintChecker,
+                 macro_factory: Callable[[ConstraintChecker, str], MacroInstance] | None = None) -> None:  # fmt: skip
+        """``macro_factory(checker, name)``: the instance scheduler of each macro
+        instance (default: Algorithm 1's ``MacroInstance``); its class's
+        ``resting_phase`` is the phase instances start in."""
         self.checker = checker
+        self._factory = macro_factory or (lambda c, name: MacroInstance(c, name=name))
+        self.initial_phase = self._factory(checker, "-").resting_phase  # the instances' phase outside windows
         self.macros: list[MacroInstance] = []
         self._where: dict[str, MacroInstance] = {}  # instance id -> its macro instance
         self._live: dict[str, RequestState] = {}  # pending or routed, unfinished
@@ -41,7 +47,7 @@ class OverallScheduler(Router):
     # -- layout ----------------------------------------------------------------------
 
     def _new_macro(self, at: int | None = None) -> MacroInstance:
-        m = MacroInstance(self.checker, name=f"m{self._names}")
+        m = self._factory(self.checker, f"m{self._names}")
         self._names += 1
         self.macros.insert(len(self.macros) if at is None else at, m)
         return m

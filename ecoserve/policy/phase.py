@@ -9,3 +9,4 @@ class Phase(str, Enum):
     PREFILL = "prefill"  # admit and prefill new requests; decodes pause, keep their KV
     DECODE = "decode"  # admit nothing new; running requests decode
     MIXED = "mixed"  # stock vLLM behaviour (baselines)
+    CHUNKED = "chunked"  # decode every request, plus a budgeted prompt chunk per step (policy/trickle.py)

@@ -62,7 +62,7 @@ class PrefillTimePredictor:
                 for j in range(3):
                     m[i][j] += row[i] * row[j]
                 m[i][3] += row[i] * s
-        a, b, c = _solve3(m)
+        a, b, c = solve3(m)
         return cls(coeffs=(a, b / scale, c / scale / scale), **kw)
 
     def base(self, prompt_tokens: int) -> float:
@@ -106,7 +106,7 @@ class PrefillTimePredictor:
             self._fold(seconds, prompts * self.base(max(1, round(prefill_tokens / prompts))))
 
 
-def _solve3(m: list[list[float]]) -> tuple[float, float, float]:
+def solve3(m: list[list[float]]) -> tuple[float, float, float]:
     """Gaussian elimination with partial pivoting on a 3x4 augmented matrix."""
     for col in range(3):
         piv = max(range(col, 3), key=lambda r: abs(m[r][col]))

@@ -21,6 +21,7 @@ class RequestState:
     finished_at: float | None = None
     kv_reserved: int = 0  # tokens of KV this request holds a reservation for
     predicted_prefill: float = 0.0  # seconds, predicted when it was routed
+    trickled: bool = False  # routed outside any window, to be prefilled in chunks beside decodes
 
     def __post_init__(self) -> None:
         if self.prompt_tokens < 0 or self.max_output_tokens < 1:

@@ -135,6 +135,7 @@ class TrackingRouter(Router):
         unstarted = sorted((r for r in inst.requests.values() if not r.started), key=lambda r: r.arrival)
         for req in reversed(unstarted):  # back to the head, oldest first
             req.routed_at = req.instance_id = req.window = None
+            req.trickled = False
             req.kv_reserved = 0
             self._pending.appendleft(req)
             self._pending_ids.add(req.id)

@@ -7,6 +7,8 @@ Policies (the ``--policy`` names of ``ecoserve simulate``):
 | ecoserve     | ``phased`` (temporal disaggregation) | ``PolicyConfig("ecoserve")``: OverallScheduler + macro instances (Algorithm 1, rolling activation) |
 | vllm         | ``vllm`` (prefill priority, separate batches) | ``LeastLoadedRouter`` (vLLM's own DP balancing) |
 | sarathi      | ``sarathi`` (chunked prefill, decode priority) | ``LeastLoadedRouter`` |
+| ecoserve-trickle | ``phased`` resting in ``CHUNKED`` (as ``sarathi`` at its budget), ``PREFILL`` windows | ``PolicyConfig("ecoserve-trickle")``: OverallScheduler + ``TrickleMacroInstance`` (policy/trickle.py) |
+| sarathi-dyn  | ``sarathi`` whose every step's prompt budget is what the least-slack decoder can absorb (``policy.chunk_budget``), never below the static budget's | ``LeastLoadedRouter`` |
 | round-robin  | ``sarathi`` at stock vLLM V1's budget (see ``stock_budget``) | ``RoundRobinRouter`` |
 | least-loaded | ``sarathi`` at stock vLLM V1's budget | ``LeastLoadedRouter`` |
 | distserve    | ``prefill`` + ``decode`` pools inside each node, KV over the node's link | ``FuDGDriver(scope="node")`` |
@@ -36,8 +38,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from ecoserve.policy import SLO, InstanceState, MitosisConfig, PolicyConfig
+from ecoserve.policy.chunk_budget import ChunkBudgetRule
 from ecoserve.policy.config import require_macros
 from ecoserve.policy.config import SIM_POLICIES as POLICIES
+from ecoserve.policy.step_time import DecodeStepModel, StepTimePredictor
 from ecoserve.sim.autoscale import SimAutoscaler
 from ecoserve.sim.core import RouterDriver, Simulator
 from ecoserve.sim.engine import SimEngine
@@ -48,10 +52,12 @@ from ecoserve.sim.specs import HARDWARE, MODELS, default_tp
 # Static budgets a chunked baseline is tried at (its best is kept). 64 and 128: under the measured
 # cost model the best budget was the smallest tried (128) in every L20 cell, so smaller ones are tried too.
 SARATHI_BUDGETS = (64, 128, 256, 512, 1024, 2048)
+DEFAULT_TRICKLE_BUDGET = 128  # ecoserve-trickle without --chunk-size: Sarathi's best static budget on L20 (REPRODUCTION.md)
 
 _NODG = {  # policy: (engine behaviour, router); "stock" is sarathi at stock_budget
     "vllm": ("vllm", "least-loaded"),
     "sarathi": ("sarathi", "least-loaded"),
+    "sarathi-dyn": ("sarathi", "least-loaded"),  # + the slack-derived budget (ChunkBudgetRule)
     "round-robin": ("stock", "round-robin"),
     "least-loaded": ("stock", "least-loaded"),
 }
@@ -123,14 +129,16 @@ class SimConfig:
             cooldown_s=self.scale_cooldown_s, scale_in_hold_s=self.scale_in_hold_s,
         )
 
-    def policy_config(self, prefill_points: tuple[tuple[int, float], ...] | None = None) -> PolicyConfig:
+    def policy_config(self, prefill_points: tuple[tuple[int, float], ...] | None = None,
+                      decode_points: tuple[tuple[int, int, float], ...] | None = None) -> PolicyConfig:  # fmt: skip
         """The router's configuration, as the live coordinator builds it; the
         sim-only baselines (vllm, sarathi) route least-loaded."""
         router = _NODG[self.policy][1] if self.policy in _NODG else self.policy
         return PolicyConfig(
             router, self.slo, slack_mode=self.slack_mode, output_reservation=self.output_reservation,  # type: ignore[arg-type]
             decode_margin_s=self.decode_margin_s, mitosis=self.mitosis, autoscale=self.autoscale,
-            prefill_points=prefill_points,
+            prefill_points=prefill_points, decode_points=decode_points,
+            trickle_budget=self.chunk_size or DEFAULT_TRICKLE_BUDGET,
         )  # fmt: skip
 
     @property
@@ -241,7 +249,7 @@ def candidates(cfg: SimConfig) -> list[SimConfig]:
                 f"that hold {cfg.model}"
             )
         return [replace(cfg, distserve_layout=l) for l in layouts]
-    if cfg.policy == "sarathi" and cfg.chunk_size is None:
+    if cfg.policy in ("sarathi", "sarathi-dyn", "ecoserve-trickle") and cfg.chunk_size is None:
         return [replace(cfg, chunk_size=b) for b in sorted({sarathi_budget(cfg), *SARATHI_BUDGETS})]
     return [cfg]
 
@@ -262,13 +270,17 @@ def build(cfg: SimConfig) -> Cluster:
     if cfg.policy in ("distserve", "mooncake"):
         return _build_fudg(cfg, sim)
     model = cfg.engine_model()
-    pcfg = cfg.policy_config(PolicyConfig.points_of(model.prefill_points()))
+    decode_points = tuple(model.decode_points()) if cfg.policy == "ecoserve-trickle" else None
+    pcfg = cfg.policy_config(PolicyConfig.points_of(model.prefill_points()), decode_points)
     predictor = pcfg.predictor()
     router = pcfg.build_router(predictor)
-    if cfg.policy == "ecoserve":
+    if cfg.policy in ("ecoserve", "ecoserve-trickle"):
+        # ecoserve-trickle's engines chunk at its trickle budget in CHUNKED (policy/trickle.py)
+        budget = pcfg.trickle_budget if cfg.policy == "ecoserve-trickle" else None
 
         def new_engine(eid: str) -> SimEngine:
-            return SimEngine(sim, eid, model, "phased", max_num_seqs=cfg.max_num_seqs, node=int(eid[1:]))
+            return SimEngine(sim, eid, model, "phased", token_budget=budget, max_num_seqs=cfg.max_num_seqs,
+                             node=int(eid[1:]))  # fmt: skip
 
         engines = [new_engine(f"i{k}") for k in range(cfg.instances)]
         for k, e in enumerate(engines):
@@ -281,7 +293,8 @@ def build(cfg: SimConfig) -> Cluster:
         if mode == "stock":
             mode = "sarathi"
         engines = [
-            SimEngine(sim, f"i{k}", model, mode, token_budget=budget, max_num_seqs=cfg.max_num_seqs, node=k)
+            SimEngine(sim, f"i{k}", model, mode, token_budget=budget, max_num_seqs=cfg.max_num_seqs, node=k,
+                      **_dynamic_budget(cfg, model, budget, pcfg))  # fmt: skip
             for k in range(cfg.instances)
         ]
         for e in engines:
@@ -307,6 +320,18 @@ def build(cfg: SimConfig) -> Cluster:
                                            interval_s=cfg.scale_interval_s)
         cluster.autoscaler.start(0.0)
     return cluster
+
+
+def _dynamic_budget(cfg: SimConfig, model: EngineModel, budget: int | None, pcfg: PolicyConfig) -> dict:
+    """sarathi-dyn's engine arguments: the budget rule (its static budget as the
+    floor, the model's per-step limit as the ceiling) and the engine's own
+    step-time predictor, from the profile a live engine would have measured."""
+    if cfg.policy != "sarathi-dyn":
+        return {}
+    static = budget or sarathi_budget(cfg)
+    rule = ChunkBudgetRule(cfg.slo_tpot, static, max(static, model.max_batched_tokens))
+    steps = StepTimePredictor(pcfg.predictor(), DecodeStepModel.fit(model.decode_points()))
+    return {"budget_rule": rule, "step_predictor": steps}
 
 
 def _build_fudg(cfg: SimConfig, sim: Simulator) -> Cluster:

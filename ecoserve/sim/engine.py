@@ -13,7 +13,8 @@ system it stands for (``mode``):
   KV is allocated whole at its first chunk (as V0 does).
 - ``phased``: EcoServe's phase-aware engine. In ``PREFILL`` it runs only
   prefills (batched like ``vllm``; decodes pause and keep their KV); in
-  ``DECODE`` only decodes; the phase is commanded from outside (the policy's
+  ``DECODE`` only decodes; in ``CHUNKED`` as ``sarathi`` (the plugin's
+  ``chunked`` phase); the phase is commanded from outside (the policy's
   ``SetPhase``). ``MIXED`` behaves as ``vllm``.
 - ``prefill`` / ``decode``: the two pools of a fully disaggregated system. A
   prefill engine keeps a request's KV after its prefill until the driver
@@ -39,7 +40,9 @@ from bisect import bisect_left, bisect_right
 from collections import deque
 from typing import TYPE_CHECKING
 
+from ecoserve.policy.chunk_budget import ChunkBudgetRule, least_slack
 from ecoserve.policy.phase import Phase
+from ecoserve.policy.step_time import StepTimePredictor
 from ecoserve.sim.engine_model import EngineModel
 from ecoserve.sim.observer import StepRecord
 
@@ -103,6 +106,8 @@ class SimEngine:
         mode: str,
         *,
         token_budget: int | None = None,
+        budget_rule: ChunkBudgetRule | None = None,
+        step_predictor: StepTimePredictor | None = None,
         max_num_seqs: int = 256,
         kv_capacity: int | None = None,
         node: int = 0,
@@ -118,6 +123,14 @@ class SimEngine:
         if self.capacity <= 0:
             raise ValueError(f"{eid}: the model leaves no KV memory ({model.name})")
         self.budget = token_budget or model.max_batched_tokens
+        # sarathi-dyn: each step's prompt tokens from the decoders' slack (policy.chunk_budget),
+        # predicted with the engine's own step-time predictor, corrected by its own steps
+        if (budget_rule is None) != (step_predictor is None):
+            raise ValueError("a budget rule needs a step-time predictor, and only with one")
+        if budget_rule is not None and mode not in ("sarathi", "phased"):
+            raise ValueError("a slack-derived chunk budget needs the sarathi or phased engine")
+        self.budget_rule = budget_rule
+        self.steps = step_predictor
         self.max_num_seqs = max_num_seqs
         self.on_demand = mode in ("vllm", "sarathi")
         self.watermark = int(0.01 * self.capacity) if self.on_demand else 0
@@ -137,6 +150,7 @@ class SimEngine:
         self._chunks: list[tuple[SimRequest, int]] = []
         self._decode: list[SimRequest] = []
         self._start = 0.0
+        self._ctx = 0  # decode context tokens of the step in progress
         self._ends: list[float] = []  # end time of each step of the segment
         self._flushed = 0  # steps of the segment already reported to the driver
 
@@ -280,15 +294,32 @@ class SimEngine:
         self.queued_prefill += r.target
         self.stats.preemptions += 1
 
-    def _plan(self) -> tuple[list[tuple[SimRequest, int]], list[SimRequest]]:
+    def _prompt_budget(self, decode: list[SimRequest], now: float) -> int:
+        """Prompt tokens of the next chunked step: the static budget less the
+        decodes, or (sarathi-dyn) what the least-slack decoder can absorb."""
+        rule = self.budget_rule
+        if rule is None:
+            return self.budget - len(decode)
+        ctx = sum(r.kv for r in decode) + len(decode)
+        slack = least_slack(((r.generated, r.first_token) for r in decode if r.first_token is not None), now, rule.tpot)
+        return rule.prompt_budget(slack, len(decode), ctx, self.steps)
+
+    def _plan(self, now: float) -> tuple[list[tuple[SimRequest, int]], list[SimRequest]]:
         mode = self.mode
         if mode == "sarathi":
             decode = self._decode_batch()
             seats = self.max_num_seqs - len(decode) - len(self.partial)
-            return self._take_chunks(self.budget - len(decode), seats), decode
+            return self._take_chunks(self._prompt_budget(decode, now), seats), decode
         if mode == "decode":
             return [], self.running
+        if mode == "phased" and self.phase is Phase.CHUNKED:  # ecoserve-trickle's resting phase: as sarathi
+            decode = self._decode_batch()
+            seats = self.max_num_seqs - len(decode) - len(self.partial)
+            return self._take_chunks(self._prompt_budget(decode, now), seats), decode
         if mode == "prefill" or (mode == "phased" and self.phase is Phase.PREFILL):
+            if self.partial:  # prompts a CHUNKED phase began: the window finishes them first
+                seats = self.max_num_seqs - len(self.running) - len(self.partial)
+                return self._take_chunks(self.model.max_batched_tokens, seats), []
             return self._take_prefills(), []
         if mode == "phased" and self.phase is Phase.DECODE:
             return [], self._decode_batch()
@@ -298,7 +329,7 @@ class SimEngine:
         return [], self._decode_batch()
 
     def _begin(self, now: float) -> None:
-        chunks, decode = self._plan()
+        chunks, decode = self._plan(now)
         if not chunks and not decode:
             self.busy = False
             self._chunks, self._decode, self._ends = [], [], []
@@ -313,9 +344,10 @@ class SimEngine:
         st = self.stats
         if B > st.max_batch:
             st.max_batch = B
-        if self.mode == "phased" and self.phase is not Phase.MIXED:
+        if self.mode == "phased" and self.phase not in (Phase.MIXED, Phase.CHUNKED):
             if (chunks and self.phase is not Phase.PREFILL) or (decode and self.phase is not Phase.DECODE):
                 st.phase_violations += 1
+        self._ctx = ctx
         if chunks:
             k = 1
             t = now + model.step_time([(n, r.prefilled) for r, n in chunks], B, ctx)
@@ -359,6 +391,9 @@ class SimEngine:
                 o.on_step(rec)
         if chunks and not decode:  # a pure prefill step (one step: fast-forward runs decodes only)
             driver.on_step(self, "prefill", sum(n for _, n in chunks), now - self._start, len(chunks))
+        if self.steps is not None:  # the engine's own predictor learns from its steps (a segment: its first)
+            first = (self._ends[0] if self._ends else now) - self._start
+            self.steps.observe_step(sum(n for _, n in chunks), len(decode), self._ctx, first, max(1, len(chunks)))
         finished: list[SimRequest] = []
         if chunks:
             st.prefill_steps += 1 if not decode else 0

@@ -48,6 +48,7 @@ Chunks = Sequence[tuple[int, int]]  # (new tokens, prior context)
 # Prompt lengths at which the offline prefill profile is taken (the policy's
 # PrefillTimePredictor interpolates between them).
 COST_MODELS = ("measured", "constant")
+DECODE_BATCHES = (1, 4, 16, 32, 64, 128, 256)  # decode_points' grid: vLLM's max_num_seqs is 256
 PROFILE_LENGTHS = (1, 16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192,
                    12288, 16384, 24576, 32768)
 
@@ -76,6 +77,17 @@ class EngineModel:
         if xs[-1] != top:
             xs.append(top)
         return [(n, self.prefill_time(n)) for n in xs]
+
+    def decode_points(self) -> list[tuple[int, int, float]]:
+        """(batch, context tokens, seconds) of decode steps on a grid, what
+        ``ecoserve profile`` measures: for ``DecodeStepModel.fit``."""
+        top = self.max_context or PROFILE_LENGTHS[-1]
+        out = []
+        for b in DECODE_BATCHES:
+            for c in (n for n in PROFILE_LENGTHS[1:] if n <= top):
+                if b * c <= self.kv_capacity_tokens:
+                    out.append((b, b * c, self.decode_step(b, b * c)))
+        return out
 
     def describe(self) -> dict:
         return {"name": self.name, "kv_capacity_tokens": self.kv_capacity_tokens}
@@ -235,6 +247,9 @@ class ProfileModel(EngineModel):
 
     def prefill_points(self) -> list[tuple[int, float]]:
         return list(self.profile.prefill)
+
+    def decode_points(self) -> list[tuple[int, int, float]]:
+        return [(b, c, s + self.step_gap) for b, c, s in self.profile.decode_points()]
 
 
 def make_engine_model(model: str, hardware: str, tp: int, costs: str = "measured") -> EngineModel:

@@ -103,6 +103,12 @@ class EngineProfile:
         col = [_interp(self._cx, row, mean_context) for row in self.decode_seconds]
         return max(self._floor, _interp(self._bx, col, float(batch)))
 
+    def decode_points(self) -> list[tuple[int, int, float]]:
+        """The decode grid as (batch, context tokens, seconds) points, what
+        ``policy.step_time.DecodeStepModel.fit`` takes."""
+        return [(b, b * c, s) for b, row in zip(self.batch_sizes, self.decode_seconds)
+                for c, s in zip(self.context_lengths, row)]  # fmt: skip
+
     # -- files -------------------------------------------------------------------------
 
     def to_json(self) -> dict:

@@ -350,6 +350,59 @@ def _released_together(server: Server, z: Zmq, phase: str, n: int, prompt_len: i
     return start, pushes + z.pushes()
 
 
+def _command(server: Server, **body) -> EngineStatus:
+    r = server.http.post("/ecoserve/phase", json=body)
+    assert r.status_code == 200, r.text
+    return decode_status(r.content)
+
+
+def test_chunked_phase_runs_every_decode_plus_at_most_the_budget(eco, eco_zmq):
+    # 4 prompts of 400 tokens released together into chunked with a 64-token budget: every step
+    # takes at most 64 prompt tokens, and the first ones to finish their prompt decode beside the
+    # later prompts' chunks.
+    _command(eco, phase="decode", prompt_budget=64)  # the budget is kept for the chunked phase
+    start, pushes = _released_together(eco, eco_zmq, "chunked", n=4, prompt_len=400)
+    records = _steps(pushes, start)
+    assert records and max(r.prefill_tokens for r in records) <= 64
+    assert sum(r.prefill_tokens for r in records) >= 4 * 400 - 4 * 128  # (less what a cached block saved)
+    assert any(r.kind == "mixed" for r in records), [r.kind for r in records]
+    _command(eco, phase="chunked")
+    assert eco.status().prompt_budget == 64
+
+    # Control: stock scheduling takes whole prompts within its 2048-token budget, so the cap can bite.
+    start, pushes = _released_together(eco, eco_zmq, "mixed", n=4, prompt_len=400)
+    assert max(r.prefill_tokens for r in _steps(pushes, start)) > 64
+
+
+def test_chunked_phase_with_a_tpot_slo_sizes_chunks_from_the_decoders_slack(eco, eco_zmq):
+    # More prompt tokens than one step's limit, released together: the first step (nothing decodes)
+    # takes the limit, the rest is chunked beside the decodes of the prompts already done.
+    n = eco.status().max_num_batched_tokens // 400 + 2
+    # A 1 ms TPOT: every decoder is always late, so each step with decodes gets the floor
+    # (ECOSERVE_CHUNK_FLOOR, 64, less one token per decode).
+    _command(eco, phase="decode", tpot_s=0.001)
+    start, pushes = _released_together(eco, eco_zmq, "chunked", n=n, prompt_len=400)
+    tight = _steps(pushes, start)
+    assert any(r.kind == "mixed" for r in tight)
+    assert all(r.prefill_tokens <= 64 - r.decode_batch for r in tight if r.decode_batch), tight
+    # A 100 s TPOT: once the decoders have banked a token's slack, it pays for the rest at once.
+    _command(eco, phase="decode", tpot_s=100.0)
+    start, pushes = _released_together(eco, eco_zmq, "chunked", n=n, prompt_len=400)
+    loose = _steps(pushes, start)
+    assert max(r.prefill_tokens for r in loose if r.decode_batch) > 64, loose
+
+
+def test_chunked_outputs_are_identical_to_the_stock_scheduler(eco, stock):
+    prompts = [prompt(i) for i in range(8)]  # 6 to 26 tokens: a 16-token budget chunks most of them
+    _command(eco, phase="decode", prompt_budget=16)
+    eco_streams = [Stream(eco, p, max_tokens=24) for p in prompts]
+    wait_for(lambda: eco.status().num_waiting == 8, 30, "8 queued")
+    eco.set_phase("chunked")
+    chunked = [s.result() for s in eco_streams]
+    assert all(len(t) == 24 for t in chunked)
+    assert chunked == [s.result() for s in [Stream(stock, p, max_tokens=24) for p in prompts]]
+
+
 def test_outputs_identical_to_stock_scheduler(eco, stock):
     def run(server: Server, **params) -> list[list[int]]:
         if server is eco:  # queue them all, then prefill together and decode as a batch

@@ -1,0 +1,105 @@
+"""Trickle-first instance scheduling: chunked prefill by default, prefill
+windows only where chunking would miss the TTFT SLO.
+
+Not the paper's. Its instance scheduler pauses every decoder for a whole
+prefill window; measured in our simulator that loses to chunked prefill with a
+tuned budget (Sarathi), which prefills inside the decode steps and pauses no one.
+Here an instance's resting phase is ``CHUNKED``: each step decodes every request
+and takes a prompt chunk within the engine's budget (the engine's own rule,
+``chunk_budget.py``).
+
+Routing a request:
+1. **Trickle.** Among the instances that can hold it (memory, seats, not in a
+   window), the one where chunking it would give the earliest first token: the
+   prompt tokens trickling there plus its own, at the instance's trickle rate
+   (``trickle_budget`` less one token per decode, per step of the predicted
+   mixed-step time); ties go to the instance with fewer requests. Taken if that
+   prediction meets the TTFT SLO.
+2. **Window.** Otherwise Algorithm 1 in rolling-activation order
+   (``MacroInstance.choose``): the constraint check, which now also charges the
+   prompts trickling on the instance (a window prefills them first), opens or
+   grows a prefill window on the first instance whose decoders' slack covers
+   the stall. The window prefills only, in batches, at the step sizes where
+   prefill is cheapest per token; when its members have started, the instance
+   goes back to ``CHUNKED``.
+3. Otherwise it waits in the FIFO queue, as under Algorithm 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ecoserve.policy.actions import Action, Constraint, SetPhase
+from ecoserve.policy.constraints import ConstraintChecker
+from ecoserve.policy.instance import InstanceState
+from ecoserve.policy.macro_instance import MacroInstance
+from ecoserve.policy.phase import Phase
+from ecoserve.policy.request import RequestState
+from ecoserve.policy.step_time import StepTimePredictor
+
+
+class TrickleMacroInstance(MacroInstance):
+    resting_phase = Phase.CHUNKED
+
+    def __init__(self, checker: ConstraintChecker, steps: StepTimePredictor, trickle_budget: int,
+                 name: str = "m0") -> None:  # fmt: skip
+        super().__init__(checker, name)
+        if trickle_budget < 1:
+            raise ValueError("trickle_budget must be >= 1")
+        self.steps = steps
+        self.trickle_budget = trickle_budget
+        self._trickle_next = False  # the choice being placed is a trickle, not a window
+
+    def trickle_ttft(self, inst: InstanceState, req: RequestState) -> float:
+        """Predicted seconds to ``req``'s first token if chunked on ``inst`` now,
+        behind the prompts already trickling there (inf: ``inst`` is in a window)."""
+        if inst.window_start is not None:
+            return math.inf
+        batch = inst.dec_n
+        chunk = max(1, self.trickle_budget - batch)
+        step = self.steps.step_time(chunk, batch, inst.kv_used)
+        return math.ceil((inst.trickle_tokens + req.prompt_tokens) / chunk) * step
+
+    def _can_hold(self, inst: InstanceState, req: RequestState) -> bool:
+        return inst.accepting and inst.has_seat and self.checker.kv_need(req) <= inst.kv_free
+
+    def _trickle_choice(self, req: RequestState) -> InstanceState | None:
+        best, best_key = None, None
+        for iid in self._order:
+            inst = self._instances[iid]
+            if not self._can_hold(inst, req):
+                continue
+            key = (self.trickle_ttft(inst, req), len(inst.requests))
+            if best_key is None or key < best_key:
+                best, best_key = inst, key
+        if best is None or best_key[0] > self.checker.slo.ttft:
+            return None
+        return best
+
+    def choose(self, req: RequestState, now: float) -> tuple[InstanceState | None, Constraint | str]:
+        inst = self._trickle_choice(req)
+        if inst is not None:
+            self._trickle_next = True
+            return inst, "trickle"
+        return super().choose(req, now)
+
+    def admits(self, inst: InstanceState, req: RequestState, now: float) -> Constraint | None:
+        if self._can_hold(inst, req) and self.trickle_ttft(inst, req) <= self.checker.slo.ttft:
+            self._trickle_next = True
+            return None
+        return super().admits(inst, req, now)
+
+    def on_placing(self, inst: InstanceState, req: RequestState, now: float) -> tuple[list[Action], bool]:
+        if self._trickle_next:
+            self._trickle_next = False
+            req.predicted_prefill = self.checker.predictor.predict(req.prompt_tokens)
+            req.trickled = True
+            return [], False
+        return super().on_placing(inst, req, now)
+
+    def _maybe_close_window(self, inst: InstanceState, now: float) -> list[Action]:
+        if inst.window_start is None or inst.window_unstarted:
+            return []
+        inst.close_window(now)
+        inst.phase = self.resting_phase
+        return [SetPhase(inst.id, self.resting_phase)]

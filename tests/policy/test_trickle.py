@@ -1,0 +1,83 @@
+"""Trickle-first instance scheduling (policy/trickle.py), pinned at exact times."""
+
+from __future__ import annotations
+
+import pytest
+
+from ecoserve.policy import SLO, ConstraintChecker, InstanceState, OverallScheduler, Phase, Routed, SetPhase
+from ecoserve.policy.step_time import DecodeStepModel, StepTimePredictor
+from ecoserve.policy.trickle import TrickleMacroInstance
+from tests.policy.helpers import linear_predictor, req
+
+# prefill 1 ms a token (linear, no fixed part); a decode step 20 ms + 1 ms a sequence
+STEPS = StepTimePredictor(linear_predictor(), DecodeStepModel((0.02, 1e-3, 0.0)))
+
+
+def scheduler(n=2, ttft=1.0, tpot=0.1, budget=100) -> OverallScheduler:
+    checker = ConstraintChecker(SLO(ttft, tpot), STEPS.prefill, slack_mode="min")
+    s = OverallScheduler(checker, lambda c, name: TrickleMacroInstance(c, STEPS, budget, name))
+    for i in range(n):
+        s.add_instance(InstanceState(f"i{i}", 100_000), 0.0)
+    return s
+
+
+def test_instances_rest_in_the_chunked_phase():
+    assert scheduler().initial_phase is Phase.CHUNKED
+
+
+def test_a_request_trickles_where_its_first_token_comes_first():
+    s = scheduler()
+    (a,) = s.submit(req("a", prompt=300), 0.0)
+    assert a == Routed("a", "i0", "trickle")  # no window, no phase command
+    (b,) = s.submit(req("b", prompt=300), 0.0)
+    assert b.instance_id == "i1"  # i0 has 300 tokens trickling ahead: i1 is sooner
+    i0 = s.macros[0].instance("i0")
+    assert (i0.trickle_n, i0.trickle_tokens, i0.window_start) == (1, 300, None)
+
+
+def test_the_trickle_prediction_is_queued_tokens_over_chunks_of_predicted_steps():
+    s = scheduler(n=1)
+    m = s.macros[0]
+    s.submit(req("a", prompt=150), 0.0)
+    s.on_progress([("a", 1)], 0.5)  # a decodes now: chunks are 100 - 1 tokens
+    inst = m.instance("i0")
+    # 250 tokens in chunks of 99: 3 steps of (20 ms + 1 ms + 99 ms)
+    assert m.trickle_ttft(inst, req("b", prompt=250)) == pytest.approx(3 * (0.021 + 0.099))
+
+
+def test_when_trickling_would_miss_ttft_a_window_opens_and_closes_back_to_chunked():
+    s = scheduler(n=1, ttft=1.0)
+    # 900 tokens: 9 chunks of 100 at 100 ms each = 0.9 s, within 1 s: trickled
+    assert s.submit(req("a", prompt=900), 0.0)[0].reason == "trickle"
+    # 200 more: 11 chunks = 1.1 s > 1 s; the window's check charges a's 0.9 s ahead: 1.1 s > 1 s too
+    (q,) = s.submit(req("b", prompt=200), 0.0)
+    assert q.__class__.__name__ == "Queued"
+    # once a has its first token, b's trickle prediction is within the SLO again: re-offered, trickled
+    acts = s.on_progress([("a", 1)], 0.9)
+    assert [a.request_id for a in acts if isinstance(a, Routed)] == ["b"]
+    assert not any(isinstance(a, SetPhase) for a in acts) and s.request("b").trickled
+
+
+def test_a_window_opens_when_chunking_is_too_slow_but_a_batched_prefill_is_not():
+    s = scheduler(n=1, ttft=1.0, budget=10)
+    s.submit(req("d", prompt=5, out=100), 0.0)  # a decoder with 2 s of banked slack at 0.1 s
+    s.on_progress([("d", 1)], 0.0)
+    s.on_progress([("d", 20)], 0.1)
+    # 500 tokens in chunks of 10 - 1 beside d, 30 ms a step: 56 steps, 1.68 s > 1 s. As one
+    # prefill: 0.5 s, within the TTFT SLO and d's slack: a window.
+    acts = s.submit(req("a", prompt=500), 0.1)
+    assert acts == [Routed("a", "i0", "fits"), SetPhase("i0", Phase.PREFILL)]
+    acts = s.on_progress([("a", 1)], 0.6)
+    assert acts == [SetPhase("i0", Phase.CHUNKED)]
+
+
+def test_aggregates_follow_starts_and_aborts():
+    s = scheduler(n=1)
+    s.submit(req("a", prompt=100), 0.0)
+    s.submit(req("b", prompt=50), 0.0)
+    inst = s.macros[0].instance("i0")
+    assert (inst.trickle_n, inst.trickle_tokens) == (2, 150)
+    s.on_progress([("a", 1)], 0.2)
+    assert (inst.trickle_n, inst.trickle_tokens) == (1, 50)
+    s.on_finish("b", 0.3)  # aborted before its first token
+    assert (inst.trickle_n, inst.trickle_tokens, inst.trickle_pred) == (0, 0, pytest.approx(0.0))

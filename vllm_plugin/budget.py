@@ -1,0 +1,102 @@
+"""The prompt-token budget of each step in the ``chunked`` phase, taken inside
+the engine.
+
+In ``chunked`` a step runs every decode plus at most B prompt tokens. B is
+either commanded (``PhaseCommand.prompt_budget``: the coordinator decides) or,
+with a TPOT SLO (``PhaseCommand.tpot_s`` or ``ECOSERVE_TPOT_SLO``), computed
+here before every step by the policy's own rule (``ecoserve.policy.chunk_budget``)
+from this engine's requests: each decoder's output tokens and first-token time
+give its slack, and a step-time predictor corrected by this engine's own step
+records says what chunk that slack pays for. So a single ``vllm serve`` with the
+plugin sizes its chunks to the SLO with no coordinator at all.
+
+Settings read once at start (environment, like ``ECOSERVE_PHASE``):
+- ``ECOSERVE_TPOT_SLO`` (seconds): the SLO the rule keeps; unset: no rule, and
+  ``chunked`` without a commanded budget runs stock.
+- ``ECOSERVE_CHUNK_FLOOR`` (tokens, default 64): Sarathi's static budget under
+  the rule; the floor at batch b is this less b.
+- ``ECOSERVE_PROFILE``: an ``ecoserve profile`` JSON to start the predictor
+  from; unset, it starts from the policy's default prefill model and the
+  default decode model below, and learns from the steps.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ecoserve.policy.chunk_budget import ChunkBudgetRule, least_slack
+from ecoserve.policy.config import DEFAULT_DECODE_COEFFS, DEFAULT_PREFILL_COEFFS
+from ecoserve.policy.predictor import PrefillTimePredictor
+from ecoserve.policy.step_time import DecodeStepModel, StepTimePredictor
+from ecoserve.workload.profile import EngineProfile
+
+DEFAULT_CHUNK_FLOOR = 64
+
+
+def predictor_from(profile_path: str | None) -> StepTimePredictor:
+    """The engine's step-time predictor: from a measured profile, else the defaults."""
+    if not profile_path:
+        return StepTimePredictor(PrefillTimePredictor(coeffs=DEFAULT_PREFILL_COEFFS),
+                                 DecodeStepModel(DEFAULT_DECODE_COEFFS))  # fmt: skip
+    prof = EngineProfile.load(profile_path)
+    return StepTimePredictor(PrefillTimePredictor(points=prof.prefill), DecodeStepModel.fit(prof.decode_points()))
+
+
+class EngineBudget:
+    """First-token times of the engine's requests, its step-time predictor, and
+    the rule; ``prompt_budget`` is asked before every ``chunked`` step."""
+
+    def __init__(self, max_budget: int, *, tpot_s: float | None = None, floor: int | None = None,
+                 profile_path: str | None = None) -> None:  # fmt: skip
+        env_tpot = os.environ.get("ECOSERVE_TPOT_SLO")
+        self.tpot_s = tpot_s if tpot_s is not None else (float(env_tpot) if env_tpot else None)
+        self.floor = floor if floor is not None else int(os.environ.get("ECOSERVE_CHUNK_FLOOR", DEFAULT_CHUNK_FLOOR))
+        self.max_budget = max_budget
+        self.commanded: int | None = None
+        self.steps = predictor_from(profile_path if profile_path is not None else os.environ.get("ECOSERVE_PROFILE"))
+        self._first: dict[str, float] = {}  # request id -> first-token time (time.time())
+        self.last: int | None = None  # the budget of the latest chunked step
+
+    def command(self, prompt_budget: int | None, tpot_s: float | None) -> None:
+        """A phase command's budget settings: a fixed budget, or a new SLO for the rule."""
+        self.commanded = prompt_budget
+        if tpot_s is not None:
+            self.tpot_s = tpot_s
+
+    def rule(self) -> ChunkBudgetRule | None:
+        if self.tpot_s is None:
+            return None
+        static = max(1, min(self.floor, self.max_budget))
+        return ChunkBudgetRule(self.tpot_s, static, self.max_budget)
+
+    def prompt_budget(self, running, now: float | None = None) -> int | None:
+        """Prompt tokens the next step may take (None: no budget, run stock)."""
+        if self.commanded is not None:
+            self.last = self.commanded
+            return self.commanded
+        rule = self.rule()
+        if rule is None:
+            return None
+        now = time.time() if now is None else now
+        decoders = [r for r in running if not r.is_prefill_chunk]
+        context = sum(r.num_computed_tokens for r in decoders)
+        slack = least_slack(((r.num_output_tokens, self._first[r.request_id]) for r in decoders
+                             if r.request_id in self._first), now, rule.tpot)  # fmt: skip
+        self.last = rule.prompt_budget(slack, len(decoders), context, self.steps)
+        return self.last
+
+    def note_outputs(self, requests: dict, scheduled_ids, now: float | None = None) -> None:
+        """After a step: first-token times of the requests that just got one."""
+        now = time.time() if now is None else now
+        for rid in scheduled_ids:
+            req = requests.get(rid)
+            if req is not None and rid not in self._first and req.num_output_tokens > 0:
+                self._first[rid] = now
+        if len(self._first) > 2 * len(requests) + 64:  # forget finished requests
+            self._first = {rid: t for rid, t in self._first.items() if rid in requests}
+
+    def observe(self, record) -> None:
+        """An engine step record (vllm_plugin.steps) for the predictor."""
+        self.steps.observe_step(record.prefill_tokens, record.decode_batch, record.decode_context_tokens,
+                                record.duration_s, max(1, record.prefill_reqs))  # fmt: skip
