@@ -54,13 +54,16 @@ from ecoserve.workload import WorkloadTemplate, default_slo  # noqa: E402
 
 MODELS_MAIN = ("llama-30b", "codellama-34b", "qwen2-72b")
 DATASETS = ("alpaca", "sharegpt", "longbench")
-BASELINES = ("vllm", "sarathi", "sarathi-2048", "distserve", "mooncake")
+BASELINES = ("vllm", "sarathi", "sarathi-2048", "sarathi-dyn", "distserve", "mooncake")
 # Variants: name -> (simulator policy, TPOT slack check, Sarathi token budget).
 # sarathi-2048 is Sarathi at vLLM 0.7.3's default budget (the paper's vLLM);
-# sarathi is Sarathi at its best static budget in each cell.
+# sarathi is Sarathi at its best static budget in each cell; sarathi-dyn the
+# ablation with the slack-derived budget (policy/chunk_budget.py), its floor at
+# the best static budget. ecoserve-trickle: trickle-first instance scheduling
+# (policy/trickle.py), its trickle budget the best of Sarathi's.
 VARIANTS = {"ecoserve": ("ecoserve", "min", None), "ecoserve-mean": ("ecoserve", "mean", None),
-            "sarathi-2048": ("sarathi", None, 2048)}
-ECO = ("ecoserve", "ecoserve-mean")
+            "ecoserve-trickle": ("ecoserve-trickle", "min", None), "sarathi-2048": ("sarathi", None, 2048)}
+ECO = ("ecoserve", "ecoserve-mean", "ecoserve-trickle")
 POLICIES = (*ECO, *BASELINES)
 # Code whose source is part of every cell's cache key.
 CODE = ("ecoserve/policy", "ecoserve/sim", "ecoserve/workload", "ecoserve/metrics.py")
@@ -204,6 +207,8 @@ def report(args, results: dict[str, dict]) -> Path:
     # The plot palette knows the simulator's policy names; give the variants their own colours.
     plot.COLORS.setdefault("ecoserve-mean", "#e377c2")
     plot.COLORS.setdefault("sarathi-2048", "#bcbd22")
+    plot.COLORS.setdefault("sarathi-dyn", "#17becf")
+    plot.COLORS.setdefault("ecoserve-trickle", "#8c564b")
 
     by = {}
     for res in results.values():

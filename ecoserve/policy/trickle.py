@@ -48,7 +48,6 @@ class TrickleMacroInstance(MacroInstance):
             raise ValueError("trickle_budget must be >= 1")
         self.steps = steps
         self.trickle_budget = trickle_budget
-        self._trickle_next = False  # the choice being placed is a trickle, not a window
 
     def trickle_ttft(self, inst: InstanceState, req: RequestState) -> float:
         """Predicted seconds to ``req``'s first token if chunked on ``inst`` now,
@@ -76,24 +75,22 @@ class TrickleMacroInstance(MacroInstance):
             return None
         return best
 
+    # choose and admits decide trickle or window (``req.trickled``); the placement
+    # that follows either (TrackingRouter.try_route) reads it in on_placing.
     def choose(self, req: RequestState, now: float) -> tuple[InstanceState | None, Constraint | str]:
         inst = self._trickle_choice(req)
+        req.trickled = inst is not None
         if inst is not None:
-            self._trickle_next = True
             return inst, "trickle"
         return super().choose(req, now)
 
     def admits(self, inst: InstanceState, req: RequestState, now: float) -> Constraint | None:
-        if self._can_hold(inst, req) and self.trickle_ttft(inst, req) <= self.checker.slo.ttft:
-            self._trickle_next = True
-            return None
-        return super().admits(inst, req, now)
+        req.trickled = self._can_hold(inst, req) and self.trickle_ttft(inst, req) <= self.checker.slo.ttft
+        return None if req.trickled else super().admits(inst, req, now)
 
     def on_placing(self, inst: InstanceState, req: RequestState, now: float) -> tuple[list[Action], bool]:
-        if self._trickle_next:
-            self._trickle_next = False
+        if req.trickled:
             req.predicted_prefill = self.checker.predictor.predict(req.prompt_tokens)
-            req.trickled = True
             return [], False
         return super().on_placing(inst, req, now)
 

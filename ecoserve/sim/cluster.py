@@ -159,6 +159,8 @@ class SimConfig:
     def token_budget(self) -> int | None:
         """Tokens per step of a chunked-prefill baseline's engines (None: not chunked)."""
         mode = _NODG.get(self.policy, (None,))[0]
+        if self.policy == "ecoserve-trickle":  # its CHUNKED phase's budget
+            return self.chunk_size or DEFAULT_TRICKLE_BUDGET
         if mode == "sarathi":
             return self.chunk_size or sarathi_budget(self)
         if mode == "stock":
