@@ -566,22 +566,39 @@ def summarize(results: list[dict], slos: dict, profile_path: Path, wall: float, 
             "wall_seconds": round(wall, 1)}  # fmt: skip
 
 
+LEVELS = (("p90", 0.9), ("p50", 0.5))
+
+
+def censored(runs: list[dict], level: float) -> str | None:
+    """">= R" if every measured rate held ``level``, "< R" if not even the lowest did, else None."""
+    rates = sorted(x["rate"] for x in runs)
+    if all(x["attainment"] >= level for x in runs):
+        return f">= {rates[-1]:g}"
+    if min(runs, key=lambda x: x["rate"])["attainment"] < level:
+        return f"< {rates[0]:g}"
+    return None
+
+
 def ratios(summary: dict, ours: str = "ecoserve") -> str:
-    """EcoServe's goodput over the best peer and over each peer, per workload and level."""
+    """EcoServe's goodput over the best peer and over each peer, per workload and
+    level; a goodput outside the measured rates is shown as a bound, without a ratio."""
     out = ["| workload | level | EcoServe (req/s) | best peer | EcoServe / best | EcoServe / each peer |",
            "|---|---|---|---|---|---|"]
     for wl, by in summary["goodput"].items():
-        if ours not in by:
+        runs = {r["policy"]: r["runs"] for r in summary["results"] if r["workload"] == wl}
+        if ours not in by or len(by) < 2:
             continue
-        peers = {k: v for k, v in by.items() if k != ours}
-        for lvl in ("p90", "p50"):
-            if not peers:
-                continue
-            best = max(peers, key=lambda k: peers[k][lvl])
-            mine = by[ours][lvl]
-            each = ", ".join(f"{k} {mine / v[lvl]:.2f}x" if v[lvl] > 0 else f"{k} (0)" for k, v in peers.items())
-            over = f"{mine / peers[best][lvl]:.2f}x" if peers[best][lvl] > 0 else "-"
-            out.append(f"| {wl} | {lvl.upper()} | {mine:.2f} | {best} {peers[best][lvl]:.2f} | {over} | {each} |")
+        for lvl, v in LEVELS:
+            shown = {k: censored(runs[k], v) or f"{g[lvl]:.2f}" for k, g in by.items()}
+            exact = {k: g[lvl] for k, g in by.items() if censored(runs[k], v) is None}
+            peers = [k for k in by if k != ours]
+            best = max(peers, key=lambda k: by[k][lvl])
+
+            def over(k: str) -> str:
+                return f"{exact[ours] / exact[k]:.2f}x" if ours in exact and k in exact and exact[k] > 0 else "n/a"
+
+            each = ", ".join(f"{k} {over(k)}" for k in peers)
+            out.append(f"| {wl} | {lvl.upper()} | {shown[ours]} | {best} {shown[best]} | {over(best)} | {each} |")
     return "\n".join(out) + "\n"
 
 
