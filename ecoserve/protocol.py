@@ -57,7 +57,7 @@ class PhaseCommand(msgspec.Struct, tag="set_phase", tag_field="type", forbid_unk
     lease_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] | None = None
     # ``chunked`` only: prompt tokens per step (fixed), or the TPOT SLO of the
     # engine's own rule. Both None: the engine's settings stand.
-    prompt_budget: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    prompt_budget: Annotated[int, msgspec.Meta(ge=1)] | None = None
     tpot_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] | None = None
 
 

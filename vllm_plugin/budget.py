@@ -40,7 +40,11 @@ def predictor_from(profile_path: str | None) -> StepTimePredictor:
         return StepTimePredictor(PrefillTimePredictor(coeffs=DEFAULT_PREFILL_COEFFS),
                                  DecodeStepModel(DEFAULT_DECODE_COEFFS))  # fmt: skip
     prof = EngineProfile.load(profile_path)
-    return StepTimePredictor(PrefillTimePredictor(points=prof.prefill), DecodeStepModel.fit(prof.decode_points()))
+    try:
+        decode = DecodeStepModel.fit(prof.decode_points())
+    except ValueError:  # one batch size or one context length: no plane to fit; learn from the steps
+        decode = DecodeStepModel(DEFAULT_DECODE_COEFFS)
+    return StepTimePredictor(PrefillTimePredictor(points=prof.prefill), decode)
 
 
 class EngineBudget:
@@ -52,6 +56,10 @@ class EngineBudget:
         env_tpot = os.environ.get("ECOSERVE_TPOT_SLO")
         self.tpot_s = tpot_s if tpot_s is not None else (float(env_tpot) if env_tpot else None)
         self.floor = floor if floor is not None else int(os.environ.get("ECOSERVE_CHUNK_FLOOR", DEFAULT_CHUNK_FLOOR))
+        if self.tpot_s is not None and self.tpot_s <= 0:
+            raise ValueError(f"ECOSERVE_TPOT_SLO must be > 0 seconds, got {self.tpot_s}")
+        if self.floor < 1:
+            raise ValueError(f"ECOSERVE_CHUNK_FLOOR must be >= 1 token, got {self.floor}")
         self.max_budget = max_budget
         self.commanded: int | None = None
         self.steps = predictor_from(profile_path if profile_path is not None else os.environ.get("ECOSERVE_PROFILE"))

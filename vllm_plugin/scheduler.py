@@ -211,7 +211,7 @@ class EcoServeSchedulerMixin:
         if budget is None:  # no commanded budget and no SLO: stock
             return super().schedule(throttle_prefills)
         hold_until = self.current_step + 2
-        decodes, seen_partial = 0, False
+        decodes, seen_partial = 0, budget == 0  # no prompt tokens: every partial prefill sits out
         for req in self.running:
             if not req.is_prefill_chunk:
                 decodes += 1

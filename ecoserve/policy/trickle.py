@@ -56,7 +56,7 @@ class TrickleMacroInstance(MacroInstance):
             return math.inf
         batch = inst.dec_n
         chunk = max(1, self.trickle_budget - batch)
-        step = self.steps.step_time(chunk, batch, inst.kv_used)
+        step = self.steps.step_time(chunk, batch, max(0, inst.kv_used - inst.trickle_tokens))  # decoders' KV
         return math.ceil((inst.trickle_tokens + req.prompt_tokens) / chunk) * step
 
     def _can_hold(self, inst: InstanceState, req: RequestState) -> bool:

@@ -123,6 +123,11 @@ class SimEngine:
         if self.capacity <= 0:
             raise ValueError(f"{eid}: the model leaves no KV memory ({model.name})")
         self.budget = token_budget or model.max_batched_tokens
+        # tokens per chunked step (sarathi, or phased in CHUNKED); a phased engine's
+        # PREFILL windows still batch up to the model's limit
+        self.chunk_budget = self.budget
+        if mode == "phased":
+            self.budget = model.max_batched_tokens
         # sarathi-dyn: each step's prompt tokens from the decoders' slack (policy.chunk_budget),
         # predicted with the engine's own step-time predictor, corrected by its own steps
         if (budget_rule is None) != (step_predictor is None):
@@ -299,7 +304,7 @@ class SimEngine:
         decodes, or (sarathi-dyn) what the least-slack decoder can absorb."""
         rule = self.budget_rule
         if rule is None:
-            return self.budget - len(decode)
+            return self.chunk_budget - len(decode)
         ctx = sum(r.kv for r in decode) + len(decode)
         slack = least_slack(((r.generated, r.first_token) for r in decode if r.first_token is not None), now, rule.tpot)
         return rule.prompt_budget(slack, len(decode), ctx, self.steps)

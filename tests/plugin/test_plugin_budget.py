@@ -49,6 +49,16 @@ def test_the_rule_reads_first_token_times_and_output_counts():
     assert budget > 63 and b.steps.step_time(budget, 1, 200) <= 1.0 + 10.0 - 10.2 - 0.1 + 1e-9
 
 
+def test_bad_settings_are_refused_at_start(monkeypatch):
+    monkeypatch.setenv("ECOSERVE_TPOT_SLO", "0")
+    with pytest.raises(ValueError, match="ECOSERVE_TPOT_SLO"):
+        EngineBudget(2048)
+    monkeypatch.setenv("ECOSERVE_TPOT_SLO", "0.1")
+    monkeypatch.setenv("ECOSERVE_CHUNK_FLOOR", "0")
+    with pytest.raises(ValueError, match="ECOSERVE_CHUNK_FLOOR"):
+        EngineBudget(2048)
+
+
 def test_finished_requests_are_forgotten():
     b = EngineBudget(2048, tpot_s=0.1)
     live = {}
@@ -82,7 +92,7 @@ def test_a_profile_starts_the_predictor(tmp_path):
 def test_the_chunked_phase_command_round_trips_and_is_checked():
     cmd = PhaseCommand(phase="chunked", prompt_budget=128, tpot_s=0.1)
     assert decode_command(encode(cmd)) == cmd
-    for bad in (b'{"type":"set_phase","phase":"chunked","prompt_budget":-1}',
+    for bad in (b'{"type":"set_phase","phase":"chunked","prompt_budget":0}',
                 b'{"type":"set_phase","phase":"chunked","tpot_s":0}'):  # fmt: skip
         with pytest.raises(Exception, match="Expected"):
             decode_command(bad)
