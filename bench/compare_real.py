@@ -547,6 +547,9 @@ def main() -> None:
         results = [r for r in earlier_runs(out, workloads, rates) if r["policy"] not in done] + results
     summary = summarize(results, slos, profile_path, time.time() - t_start, a)
     summary["requests_per_point"] = {w: {f"{r:g}": n for r, n in c.items()} for w, c in counts.items()}
+    earlier = out / "results.json"
+    if (a.keep_others or a.resume) and earlier.is_file():  # cross-checks not rerun now stand
+        cross = {**json.loads(earlier.read_text()).get("cross_check", {}), **cross}
     summary["cross_check"] = cross
     (out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "RESULTS-table.md").write_text(table(summary))
