@@ -26,9 +26,9 @@ import os
 import time
 
 from ecoserve.policy.chunk_budget import ChunkBudgetRule, least_slack
-from ecoserve.policy.config import DEFAULT_DECODE_COEFFS, DEFAULT_PREFILL_COEFFS
+from ecoserve.policy.config import DEFAULT_PREFILL_COEFFS, step_predictor
 from ecoserve.policy.predictor import PrefillTimePredictor
-from ecoserve.policy.step_time import DecodeStepModel, StepTimePredictor
+from ecoserve.policy.step_time import StepTimePredictor
 from ecoserve.workload.profile import EngineProfile
 
 DEFAULT_CHUNK_FLOOR = 64
@@ -37,14 +37,13 @@ DEFAULT_CHUNK_FLOOR = 64
 def predictor_from(profile_path: str | None) -> StepTimePredictor:
     """The engine's step-time predictor: from a measured profile, else the defaults."""
     if not profile_path:
-        return StepTimePredictor(PrefillTimePredictor(coeffs=DEFAULT_PREFILL_COEFFS),
-                                 DecodeStepModel(DEFAULT_DECODE_COEFFS))  # fmt: skip
+        return step_predictor(PrefillTimePredictor(coeffs=DEFAULT_PREFILL_COEFFS))
     prof = EngineProfile.load(profile_path)
+    prefill = PrefillTimePredictor(points=prof.prefill)
     try:
-        decode = DecodeStepModel.fit(prof.decode_points())
+        return step_predictor(prefill, prof.decode_points())
     except ValueError:  # one batch size or one context length: no plane to fit; learn from the steps
-        decode = DecodeStepModel(DEFAULT_DECODE_COEFFS)
-    return StepTimePredictor(PrefillTimePredictor(points=prof.prefill), decode)
+        return step_predictor(prefill)
 
 
 class EngineBudget:

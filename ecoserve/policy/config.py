@@ -50,6 +50,14 @@ DEFAULT_PREFILL_COEFFS = (0.01, 1e-3, 0.0)
 DEFAULT_DECODE_COEFFS = (0.01, 1e-3, 1e-6)
 
 
+def step_predictor(prefill: PrefillTimePredictor,
+                   decode_points: Sequence[tuple[int, int, float]] | None = None) -> StepTimePredictor:  # fmt: skip
+    """A step-time predictor around ``prefill``: its decode part fitted to a
+    profile's (batch, context tokens, seconds) points, else DEFAULT_DECODE_COEFFS."""
+    decode = DecodeStepModel.fit(decode_points) if decode_points else DecodeStepModel(DEFAULT_DECODE_COEFFS)
+    return StepTimePredictor(prefill, decode)
+
+
 def require_macros(policy: str) -> None:
     """Autoscaling (mitosis) splits and merges macro instances: only EcoServe has them."""
     if policy != "ecoserve":
@@ -104,8 +112,7 @@ class PolicyConfig:
 
     def step_predictor(self, predictor: PrefillTimePredictor | None = None) -> StepTimePredictor:
         """A step-time predictor around ``predictor`` (default: a fresh one)."""
-        decode = DecodeStepModel.fit(self.decode_points) if self.decode_points else DecodeStepModel(DEFAULT_DECODE_COEFFS)
-        return StepTimePredictor(predictor or self.predictor(), decode)
+        return step_predictor(predictor or self.predictor(), self.decode_points)
 
     def build_router(self, predictor: PrefillTimePredictor | None = None) -> Router:
         """The router for this policy, around ``predictor`` (default: a fresh one)."""

@@ -120,12 +120,13 @@ class InstanceState:
         self.window_pred = 0.0
         self.phase, self.phase_since = Phase.PREFILL, now
 
-    def close_window(self, now: float) -> None:
-        """Every window member has its first token (they are decoders already)."""
+    def close_window(self, now: float, phase: Phase = Phase.DECODE) -> None:
+        """Every window member has its first token (they are decoders already);
+        the instance goes back to ``phase``."""
         self.window_start = None
         self.window_size = self.window_unstarted = 0
         self.window_pred = 0.0
-        self.phase, self.phase_since = Phase.DECODE, now
+        self.phase, self.phase_since = phase, now
 
     def place(self, req: RequestState, in_window: bool) -> None:
         self.requests[req.id] = req

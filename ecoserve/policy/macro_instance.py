@@ -85,5 +85,5 @@ class MacroInstance(TrackingRouter):
     def _maybe_close_window(self, inst: InstanceState, now: float) -> list[Action]:
         if inst.window_start is None or inst.window_unstarted:
             return []
-        inst.close_window(now)
-        return [SetPhase(inst.id, Phase.DECODE)]
+        inst.close_window(now, self.resting_phase)
+        return [SetPhase(inst.id, self.resting_phase)]

@@ -54,15 +54,7 @@ class PrefillTimePredictor:
             raise ValueError("a quadratic fit needs at least three distinct prompt lengths")
         # Scale n to keep the normal equations well conditioned.
         scale = max(n for n, _ in pts) or 1.0
-        m = [[0.0] * 4 for _ in range(3)]
-        for n, s in pts:
-            x = n / scale
-            row = (1.0, x, x * x)
-            for i in range(3):
-                for j in range(3):
-                    m[i][j] += row[i] * row[j]
-                m[i][3] += row[i] * s
-        a, b, c = solve3(m)
+        a, b, c = least_squares3(((1.0, n / scale, (n / scale) ** 2), s) for n, s in pts)
         return cls(coeffs=(a, b / scale, c / scale / scale), **kw)
 
     def base(self, prompt_tokens: int) -> float:
@@ -87,11 +79,9 @@ class PrefillTimePredictor:
         self._fold(seconds, self.base(prompt_tokens))
 
     def _fold(self, seconds: float, predicted: float) -> None:
-        """Move the correction toward measured over predicted (clamped)."""
         if predicted <= 0 or seconds <= 0:
             return
-        ratio = min(self.max_ratio, max(self.min_ratio, seconds / predicted))
-        self.correction += self.alpha * (ratio - self.correction)
+        self.correction = folded(self.correction, seconds / predicted, self.alpha, self.min_ratio, self.max_ratio)
         self.observations += 1
 
     def observe_step(self, kind: str, prefill_tokens: int, seconds: float, prompts: int = 1) -> None:
@@ -104,6 +94,25 @@ class PrefillTimePredictor:
         prompt) and halved EcoServe's simulated LongBench goodput."""
         if kind == "prefill" and prefill_tokens > 0 and prompts >= 1:
             self._fold(seconds, prompts * self.base(max(1, round(prefill_tokens / prompts))))
+
+
+def folded(correction: float, ratio: float, alpha: float, lo: float, hi: float) -> float:
+    """An online correction moved toward one measured/predicted ``ratio``
+    (clamped to [lo, hi]): an exponentially weighted mean, so it follows drift
+    without jumping on one noisy step. Every predictor here corrects this way."""
+    return correction + alpha * (min(hi, max(lo, ratio)) - correction)
+
+
+def least_squares3(rows: Iterable[tuple[tuple[float, float, float], float]]) -> tuple[float, float, float]:
+    """Coefficients of the least-squares fit of ``y ~ k . x`` over (x, y) rows
+    with three features (normal equations, 3x3)."""
+    m = [[0.0] * 4 for _ in range(3)]
+    for x, y in rows:
+        for i in range(3):
+            for j in range(3):
+                m[i][j] += x[i] * x[j]
+            m[i][3] += x[i] * y
+    return solve3(m)
 
 
 def solve3(m: list[list[float]]) -> tuple[float, float, float]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ecoserve.policy.predictor import PrefillTimePredictor, solve3
+from ecoserve.policy.predictor import PrefillTimePredictor, folded, least_squares3
 
 
 class DecodeStepModel:
@@ -41,16 +41,9 @@ class DecodeStepModel:
         pts = [(float(b), float(c), float(s)) for b, c, s in points]
         if len({(b, c) for b, c, _ in pts}) < 3:
             raise ValueError("a decode-step fit needs at least three distinct (batch, context) points")
-        sb = max(b for b, _, _ in pts) or 1.0
+        sb = max(b for b, _, _ in pts) or 1.0  # scaled for well-conditioned normal equations
         sc = max(c for _, c, _ in pts) or 1.0
-        m = [[0.0] * 4 for _ in range(3)]
-        for b, c, s in pts:
-            row = (1.0, b / sb, c / sc)
-            for i in range(3):
-                for j in range(3):
-                    m[i][j] += row[i] * row[j]
-                m[i][3] += row[i] * s
-        a, kb, kc = solve3(m)
+        a, kb, kc = least_squares3(((1.0, b / sb, c / sc), s) for b, c, s in pts)
         return cls((a, kb / sb, kc / sc), **kw)
 
     def base(self, batch: int, context: int) -> float:
@@ -64,8 +57,7 @@ class DecodeStepModel:
         """Fold in one measured pure decode step."""
         predicted = self.base(batch, context)
         if predicted > 0 and seconds > 0:
-            ratio = min(self.max_ratio, max(self.min_ratio, seconds / predicted))
-            self.correction += self.alpha * (ratio - self.correction)
+            self.correction = folded(self.correction, seconds / predicted, self.alpha, self.min_ratio, self.max_ratio)
 
 
 class StepTimePredictor:
@@ -118,5 +110,4 @@ class StepTimePredictor:
         base = self.chunk_time(chunk) / self.chunk_correction
         extra = seconds - self.decode.predict(batch, context)
         if base > 0 and extra > 0:
-            ratio = min(5.0, max(0.2, extra / base))
-            self.chunk_correction += self.alpha * (ratio - self.chunk_correction)
+            self.chunk_correction = folded(self.chunk_correction, extra / base, self.alpha, 0.2, 5.0)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 
-from ecoserve.policy.actions import Action, Constraint, SetPhase
+from ecoserve.policy.actions import Action, Constraint
 from ecoserve.policy.constraints import ConstraintChecker
 from ecoserve.policy.instance import InstanceState
 from ecoserve.policy.macro_instance import MacroInstance
@@ -94,9 +94,3 @@ class TrickleMacroInstance(MacroInstance):
             return [], False
         return super().on_placing(inst, req, now)
 
-    def _maybe_close_window(self, inst: InstanceState, now: float) -> list[Action]:
-        if inst.window_start is None or inst.window_unstarted:
-            return []
-        inst.close_window(now)
-        inst.phase = self.resting_phase
-        return [SetPhase(inst.id, self.resting_phase)]

@@ -41,7 +41,6 @@ from ecoserve.policy import SLO, InstanceState, MitosisConfig, PolicyConfig
 from ecoserve.policy.chunk_budget import ChunkBudgetRule
 from ecoserve.policy.config import require_macros
 from ecoserve.policy.config import SIM_POLICIES as POLICIES
-from ecoserve.policy.step_time import DecodeStepModel, StepTimePredictor
 from ecoserve.sim.autoscale import SimAutoscaler
 from ecoserve.sim.core import RouterDriver, Simulator
 from ecoserve.sim.engine import SimEngine
@@ -272,7 +271,7 @@ def build(cfg: SimConfig) -> Cluster:
     if cfg.policy in ("distserve", "mooncake"):
         return _build_fudg(cfg, sim)
     model = cfg.engine_model()
-    decode_points = tuple(model.decode_points()) if cfg.policy == "ecoserve-trickle" else None
+    decode_points = tuple(model.decode_points()) if cfg.policy in ("ecoserve-trickle", "sarathi-dyn") else None
     pcfg = cfg.policy_config(PolicyConfig.points_of(model.prefill_points()), decode_points)
     predictor = pcfg.predictor()
     router = pcfg.build_router(predictor)
@@ -332,8 +331,7 @@ def _dynamic_budget(cfg: SimConfig, model: EngineModel, budget: int | None, pcfg
         return {}
     static = budget or sarathi_budget(cfg)
     rule = ChunkBudgetRule(cfg.slo_tpot, static, max(static, model.max_batched_tokens))
-    steps = StepTimePredictor(pcfg.predictor(), DecodeStepModel.fit(model.decode_points()))
-    return {"budget_rule": rule, "step_predictor": steps}
+    return {"budget_rule": rule, "step_predictor": pcfg.step_predictor()}  # each engine its own
 
 
 def _build_fudg(cfg: SimConfig, sim: Simulator) -> Cluster:

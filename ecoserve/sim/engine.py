@@ -311,16 +311,12 @@ class SimEngine:
 
     def _plan(self, now: float) -> tuple[list[tuple[SimRequest, int]], list[SimRequest]]:
         mode = self.mode
-        if mode == "sarathi":
+        if mode == "sarathi" or (mode == "phased" and self.phase is Phase.CHUNKED):  # CHUNKED: as sarathi
             decode = self._decode_batch()
             seats = self.max_num_seqs - len(decode) - len(self.partial)
             return self._take_chunks(self._prompt_budget(decode, now), seats), decode
         if mode == "decode":
             return [], self.running
-        if mode == "phased" and self.phase is Phase.CHUNKED:  # ecoserve-trickle's resting phase: as sarathi
-            decode = self._decode_batch()
-            seats = self.max_num_seqs - len(decode) - len(self.partial)
-            return self._take_chunks(self._prompt_budget(decode, now), seats), decode
         if mode == "prefill" or (mode == "phased" and self.phase is Phase.PREFILL):
             if self.partial:  # prompts a CHUNKED phase began: the window finishes them first
                 seats = self.max_num_seqs - len(self.running) - len(self.partial)
