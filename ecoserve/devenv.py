@@ -67,6 +67,28 @@ def ensure_venv() -> Path:
     return py
 
 
+def ensure_browser() -> None:
+    """The browser tests need Chromium (``ecoserve.testing.browser``): install
+    Debian's package when it is missing and this process can (root, apt-get).
+    Otherwise say so; those tests then fail with the same instructions."""
+    import shutil
+
+    if os.environ.get("ECOSERVE_CHROMIUM") or any(
+        shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+    ):
+        return
+    apt = shutil.which("apt-get")
+    if apt is None or getattr(os, "geteuid", lambda: -1)() != 0:
+        print("devenv: no Chromium, and no apt-get as root to install it: the browser tests will fail "
+              "(install Debian's `chromium`, or set ECOSERVE_CHROMIUM to a Chromium binary)", flush=True)
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    print("+ apt-get install chromium (for the browser tests)", flush=True)
+    subprocess.run([apt, "update", "-qq"], check=True, env=env)
+    subprocess.run([apt, "install", "-y", "-qq", "--no-install-recommends", "chromium"], check=True, env=env,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+
+
 SUMMARY = re.compile(r"^=*\s*\d+ (passed|failed|error|errors|skipped|deselected)\b.* in [\d.]+s")
 
 
@@ -101,6 +123,7 @@ def main(argv: list[str]) -> int:
     if cmd == "setup":
         return 0
     if cmd == "test":
+        ensure_browser()
         return run_tests(py, rest or ["-q"])
     # The main job: two local CPU engines on a generated tiny model behind one
     # OpenAI-compatible endpoint (extra arguments go to `ecoserve serve`).

@@ -55,8 +55,10 @@ async def run_load(
     timeout: float = 600.0,
     on_done: Callable[[Outcome], None] | None = None,
     extra_body: dict | None = None,
+    on_sent: Callable[[], None] | None = None,
 ) -> LoadResult:
-    """Send ``requests`` (with their ``prompts``) at their arrival times; wait for all."""
+    """Send ``requests`` (with their ``prompts``) at their arrival times; wait for all.
+    ``on_sent()`` hears of each request as it goes out, ``on_done(outcome)`` as it ends."""
     if len(prompts) != len(requests):
         raise ValueError("one prompt per request")
     url = base_url.rstrip("/") + "/v1/completions"
@@ -73,6 +75,8 @@ async def run_load(
             if delay > 0:
                 await asyncio.sleep(delay)
             lags.append(time.perf_counter() - (t0 + req.arrival))
+            if on_sent is not None:
+                on_sent()
             body = completion_body(model, prompt, req.output_tokens, extra=extra_body)
             out = await stream_completion(session, url, body, headers=headers, timeout=timeout)
             if on_done is not None:

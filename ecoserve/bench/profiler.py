@@ -205,8 +205,17 @@ class Profiler:
             gaps = [(o.finish - o.first_token) / max(1, o.chunks - 1) for o in outs]
         return statistics.median(gaps)
 
-    async def measure(self, plan: ProfilePlan, on_step: Callable[[str], None] | None = None) -> EngineProfile:
-        tick = on_step or (lambda _label: None)
+    async def measure(self, plan: ProfilePlan,
+                      on_progress: Callable[[int, int | None, str], None] | None = None) -> EngineProfile:  # fmt: skip
+        """Every point of ``plan``; ``on_progress(points done, plan.size(), label)`` after each."""
+        done = 0
+
+        def tick(label: str) -> None:
+            nonlocal done
+            done += 1
+            if on_progress is not None:
+                on_progress(done, plan.size(), label)
+
         conn = aiohttp.TCPConnector(limit=0, force_close=True)  # no keep-alive races (see loadgen)
         async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None)) as session:
             status = await self._status(session)
@@ -215,6 +224,8 @@ class Profiler:
                                    "use --source client")  # fmt: skip
             steps = status is not None and self.mode != "client"
             m = _Measures()
+            if on_progress is not None:
+                on_progress(0, plan.size(), "warm-up")
             await self._send(session, self.synth.text(16), 4)  # warm-up: first requests pay one-off costs
             for n in plan.prefill_lengths:
                 vals = []
@@ -262,8 +273,8 @@ class Profiler:
 
 
 def measure_profile(target: Target, synth: PromptSynthesizer, plan: ProfilePlan, *, mode: str = "auto",
-                    on_step: Callable[[str], None] | None = None) -> EngineProfile:  # fmt: skip
-    return asyncio.run(Profiler(target, synth, mode=mode).measure(plan, on_step))
+                    on_progress: Callable[[int, int | None, str], None] | None = None) -> EngineProfile:  # fmt: skip
+    return asyncio.run(Profiler(target, synth, mode=mode).measure(plan, on_progress))
 
 
 def kv_bytes_per_token(model_dir: str | Path, dtype_bytes: int = 2) -> int | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ecoserve.bench.loadgen import LoadResult, run_load
@@ -35,39 +35,29 @@ def bench_once(
     n: int | None = None,
     prompt_form: str = "text",
     timeout: float = 600.0,
-    progress: bool | None = None,
-    desc: str = "bench",
+    on_progress: Callable[[int, int | None, str], None] | None = None,
 ) -> BenchRun:
-    """Send ``template.at_rate(rate, n)`` to ``target`` open-loop and score it."""
+    """Send ``template.at_rate(rate, n)`` to ``target`` open-loop and score it.
+    ``on_progress(finished, total, "sent S[, failed F]")`` hears of every
+    request sent and every one that ends (failures included in ``finished``)."""
     requests = template.at_rate(rate, n)
     prompts = [synth.make(r.prompt_tokens, prompt_form) for r in requests]
-    bar = _bar(len(requests), desc, progress)
-    failed = [0]
+    counts = {"sent": 0, "done": 0, "failed": 0}
+
+    def report() -> None:
+        if on_progress is not None:
+            failed = f", failed {counts['failed']}" if counts["failed"] else ""
+            on_progress(counts["done"], len(requests), f"sent {counts['sent']}{failed}")
+
+    def on_sent() -> None:
+        counts["sent"] += 1
+        report()
 
     def on_done(out) -> None:
-        if out.error is not None:
-            failed[0] += 1
-        if bar is not None:
-            if failed[0]:
-                bar.set_postfix_str(f"failed {failed[0]}", refresh=False)
-            bar.update(1)
+        counts["done"] += 1
+        counts["failed"] += out.error is not None
+        report()
 
-    try:
-        load = asyncio.run(run_load(target.base_url, target.model, requests, prompts, api_key=target.api_key,
-                                    timeout=timeout, on_done=on_done))  # fmt: skip
-    finally:
-        if bar is not None:
-            bar.close()
+    load = asyncio.run(run_load(target.base_url, target.model, requests, prompts, api_key=target.api_key,
+                                timeout=timeout, on_done=on_done, on_sent=on_sent))  # fmt: skip
     return BenchRun(rate, load, summarize(load.records, slo_ttft, slo_tpot))
-
-
-def _bar(total: int, desc: str, enabled: bool | None):
-    """tqdm on stderr (stdout stays clean for --json); None if off or missing."""
-    if enabled is False:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="req", file=sys.stderr, dynamic_ncols=True,
-                disable=None if enabled is None else False)  # fmt: skip

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from ecoserve.cli.options import json_clean, parse_levels, rounded, run_json, workload_json, write_records
+from ecoserve.cli.progress import Progress, quiet_option
 
 
 def bench_options(f):
@@ -49,8 +50,7 @@ def bench_options(f):
                      help="Seconds one request may take before it counts as failed."),
         click.option("--label", default="server", show_default=True,
                      help="Name of the system measured (the JSON's `policy`)."),
-        click.option("--progress/--no-progress", default=None,
-                     help="Progress bar on stderr (default: when stderr is a terminal)."),
+        quiet_option,
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
     ]
     for o in reversed(opts):
@@ -66,7 +66,8 @@ def bench() -> None:
     replayed trace), whatever the server's progress; prompts have exact token
     lengths, outputs are forced with ignore_eos and max_tokens, and each
     request's TTFT and TPOT are measured from its stream. Failures count as
-    SLO misses and are reported.
+    SLO misses and are reported. Progress (requests finished and sent; a
+    sweep's rates) goes to stderr, results to stdout; -q silences progress.
 
     \b
       ecoserve bench run --base-url http://127.0.0.1:8000 --model MODEL_DIR --rate 2
@@ -135,9 +136,13 @@ def _warn_failures(run) -> None:
               help="Mean arrival rate, requests/s. Required for synthetic datasets; time-scales a replayed trace.")
 @click.option("--records", "records_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write per-request results (arrival, lengths, TTFT, TPOT) as CSV to this path.")
+@click.option("--timeline", "timeline_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the run's engine timelines, as the server's dashboard recorded them (steps, phases, "
+                   "routed requests, queue, TTFT/TPOT against the SLOs, KV use), to FILE.html, FILE.png or "
+                   "FILE.json. Needs an EcoServe server (checked before the run).")
 @bench_options
-def run_cmd(rate, records_path, prompt_form, base_url, model, tokenizer, dataset, replay, max_context, slo_ttft,
-            slo_tpot, burstiness, num_requests, seed, api_key, timeout, label, progress, as_json):  # fmt: skip
+def run_cmd(rate, records_path, timeline_path, prompt_form, base_url, model, tokenizer, dataset, replay, max_context, slo_ttft,
+            slo_tpot, burstiness, num_requests, seed, api_key, timeout, label, quiet, as_json):  # fmt: skip
     """Measure one rate: attainment and TTFT/TPOT percentiles (the shape of `simulate run`)."""
     from ecoserve.bench.runner import bench_once
 
@@ -146,12 +151,33 @@ def run_cmd(rate, records_path, prompt_form, base_url, model, tokenizer, dataset
     if rate is None and not setup.template.replay:
         raise click.UsageError("--rate is required for synthetic datasets")
     eff = rate if rate is not None else setup.template.native_rate
+    if timeline_path:
+        from ecoserve.bench import timeline as server_timeline
+        from ecoserve.bench.target import TargetError
+
+        if Path(timeline_path).suffix.lower() not in (".html", ".png", ".json"):
+            raise click.BadParameter("write FILE.html, FILE.png or FILE.json", param_hint="--timeline")
+        try:
+            server_timeline.check(setup.target)
+        except TargetError as e:
+            raise click.UsageError(f"--timeline: {e}") from None
+    started_wall = time.time()
     t0 = time.perf_counter()
-    run = bench_once(setup.target, setup.template, eff, setup.synth, slo_ttft=setup.slo_ttft,
-                     slo_tpot=setup.slo_tpot, prompt_form=prompt_form, timeout=timeout, progress=progress,
-                     desc=f"{label} @ {eff:.3g} req/s")  # fmt: skip
+    with Progress(f"{label} @ {eff:.3g} req/s", "requests", quiet=quiet) as bar:
+        run = bench_once(setup.target, setup.template, eff, setup.synth, slo_ttft=setup.slo_ttft,
+                         slo_tpot=setup.slo_tpot, prompt_form=prompt_form, timeout=timeout,
+                         on_progress=bar)  # fmt: skip
     out = _run_json(label, run, setup, prompt_form, time.perf_counter() - t0)
     _warn_failures(run)
+    if timeline_path:
+        from ecoserve.timeline.html import write
+
+        title = f"{label}, {setup.template.name}, {eff:.3g} req/s"
+        try:
+            out["timeline"] = str(write(server_timeline.fetch(setup.target, started_wall, title=title),
+                                        timeline_path))  # fmt: skip
+        except TargetError as e:  # the results still print: the run is not lost for want of its picture
+            click.echo(f"warning: --timeline: {e}", err=True)
     if records_path:
 
         write_records(records_path, run.load.records)
@@ -166,6 +192,8 @@ def run_cmd(rate, records_path, prompt_form, base_url, model, tokenizer, dataset
     for name, d, unit, scale in (("TTFT", s["ttft"], "s", 1), ("TPOT", s["tpot"], "ms", 1e3)):
         click.echo(f"  {name}: p50 {d['p50'] * scale:.3g} {unit}, p90 {d['p90'] * scale:.3g} {unit}, "
                    f"p99 {d['p99'] * scale:.3g} {unit}")
+    if "timeline" in out:
+        click.echo(f"  timeline: {out['timeline']}")
 
 
 @bench.command("sweep")
@@ -186,7 +214,7 @@ def run_cmd(rate, records_path, prompt_form, base_url, model, tokenizer, dataset
 @bench_options
 def sweep_cmd(rates, search, start_rate, tolerance, max_runs, levels, min_duration, plot_path, prompt_form, base_url,
               model, tokenizer, dataset, replay, max_context, slo_ttft, slo_tpot, burstiness, num_requests, seed,
-              api_key, timeout, label, progress, as_json):  # fmt: skip
+              api_key, timeout, label, quiet, as_json):  # fmt: skip
     """Goodput at P50/P90...: the highest rate at which that share of requests
     meets both SLOs, from measured runs (the shape of `simulate sweep`)."""
     from ecoserve.bench.runner import bench_once
@@ -206,11 +234,15 @@ def sweep_cmd(rates, search, start_rate, tolerance, max_runs, levels, min_durati
     t0 = time.perf_counter()
     runs: dict[float, dict] = {}
 
+    # Progress: one line per rate, "[k/N]" the rates so far and how many at most.
+    most = f"{len(points)}" if not search else f"<={len(points) + max_runs}"
+
     def attain(rate: float) -> float:
         n = setup.template.count_for(rate, min_duration)
-        run = bench_once(setup.target, setup.template, rate, setup.synth, slo_ttft=setup.slo_ttft,
-                         slo_tpot=setup.slo_tpot, n=n, prompt_form=prompt_form, timeout=timeout,
-                         progress=progress, desc=f"{label} @ {rate:.3g} req/s")  # fmt: skip
+        with Progress(f"[{len(runs) + 1}/{most}] {label} @ {rate:.3g} req/s", "requests", quiet=quiet) as bar:
+            run = bench_once(setup.target, setup.template, rate, setup.synth, slo_ttft=setup.slo_ttft,
+                             slo_tpot=setup.slo_tpot, n=n, prompt_form=prompt_form, timeout=timeout,
+                             on_progress=bar)  # fmt: skip
         _warn_failures(run)
         runs[rate] = _run_json(label, run, setup, prompt_form, 0.0)
         return run.attainment

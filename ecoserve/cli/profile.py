@@ -8,10 +8,11 @@ policy's prefill-time predictor (``ecoserve serve --profile FILE``).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
+
+from ecoserve.cli.progress import Progress, quiet_option
 
 
 @click.command("profile", context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,14 +37,15 @@ import click
               help="KV slots of the engine, if it cannot tell (no plugin, no cache_config_info metric).")
 @click.option("--hardware", default=None, help="Free text for the file's `hardware` field (e.g. '1 core EPYC').")
 @click.option("--api-key", envvar="ECOSERVE_API_KEY", default=None, help="Bearer key the engine requires.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: on a terminal).")
+@quiet_option
 def profile(engine_url, model, tokenizer, out_path, source, prefill_lengths, batch_sizes, context_lengths, repeats,
-            quick, kv_capacity_tokens, hardware, api_key, progress) -> None:  # fmt: skip
+            quick, kv_capacity_tokens, hardware, api_key, quiet) -> None:  # fmt: skip
     """Measure prefill time by prompt length and decode step time by batch size
     and context on a running engine, and write an ecoserve-profile/v1 file.
 
     The engine should be otherwise idle: every measurement is a lone request
-    or a lone batch. Takes a few minutes on CPU (use --quick for a coarse one).
+    or a lone batch. Takes a few minutes on CPU (use --quick for a coarse one);
+    the points measured show on stderr as it goes (-q: not).
     """
     from ecoserve.bench.profiler import (
         ProfileError,
@@ -77,28 +79,11 @@ def profile(engine_url, model, tokenizer, out_path, source, prefill_lengths, bat
     top = target.max_model_len
     if top and (max(plan.prefill_lengths) > top - 1 or max(plan.context_lengths) + plan.decode_tokens > top):
         raise click.BadParameter(f"lengths exceed the engine's context of {top} tokens")
-    bar = None
-    if progress is not False:
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(total=plan.size(), desc="profiling", unit="point", file=sys.stderr, dynamic_ncols=True,
-                       disable=None if progress is None else False)  # fmt: skip
-        except ImportError:
-            pass
-
-    def tick(label: str) -> None:
-        if bar is not None:
-            bar.set_postfix_str(label, refresh=False)
-            bar.update(1)
-
     try:
-        prof = measure_profile(target, synth, plan, mode=source, on_step=tick)
+        with Progress("profiling", "points", plan.size(), quiet=quiet) as bar:
+            prof = measure_profile(target, synth, plan, mode=source, on_progress=bar)
     except ProfileError as e:
         raise click.ClickException(str(e)) from None
-    finally:
-        if bar is not None:
-            bar.close()
     if kv_capacity_tokens:
         prof.kv_capacity_tokens = kv_capacity_tokens
     if model and Path(model).expanduser().is_dir():

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import click
 
+from ecoserve.cli.http_options import HttpOptions, VllmCommand, http_options
 from ecoserve.cli.options import policy_options
+from ecoserve.cli.progress import Progress, quiet_option
 from ecoserve.policy import POLICIES
 from vllm_plugin import SCHEDULER_CLS
 
@@ -80,8 +82,16 @@ def _ensure_model(path: str, size: str) -> None:
     make_model(p, size=size, force=True)
 
 
-@click.command("serve", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("serve", cls=VllmCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", type=click.Path(), help="Model directory (or hub name) to start local engines for.")
+@click.option(
+    "--served-model-name",
+    "served_model_name",
+    multiple=True,
+    metavar="NAME [NAME ...]",
+    help="The model name(s) of the API, as vLLM's: requests may use any, replies and /v1/models report the first. "
+    "Default: the engines' own (the model path, or what attached engines report).",
+)
 @click.option(
     "--engines",
     type=click.IntRange(min=1),
@@ -141,8 +151,10 @@ def _ensure_model(path: str, size: str) -> None:
 @click.option(
     "--api-key",
     envvar="ECOSERVE_API_KEY",
-    default=None,
-    help="Require 'Authorization: Bearer KEY' on /v1 and /ecoserve (env ECOSERVE_API_KEY). /health stays open.",
+    multiple=True,
+    metavar="KEY [KEY ...]",
+    help="Require 'Authorization: Bearer KEY' on /v1 and /ecoserve, one of these keys (env ECOSERVE_API_KEY, "
+    "space-separated). /health stays open.",
 )
 @click.option(
     "--prefill-coeffs",
@@ -209,9 +221,10 @@ def _ensure_model(path: str, size: str) -> None:
     default=None,
     help="If --model PATH holds no model, first write a random-weight one of this size there.",
 )
-@click.option(
-    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
-)
+@click.option(  # any case: vLLM's --log-level is upper case
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False),
+    default="info", show_default=True,
+)  # fmt: skip
 @click.option(
     "--min-engines",
     type=click.IntRange(min=1),
@@ -251,6 +264,8 @@ def _ensure_model(path: str, size: str) -> None:
 )
 @click.option(
     "--shutdown-grace",
+    "--shutdown-timeout",  # vLLM's name for the same wait
+    "shutdown_grace",
     type=click.FloatRange(min=0),
     default=30.0,
     show_default=True,
@@ -258,13 +273,15 @@ def _ensure_model(path: str, size: str) -> None:
     help="On SIGTERM/SIGINT: refuse new requests (503; /health 503) and let those in flight finish for up "
     "to this long, then stop the engines. A second signal stops at once.",
 )
+@quiet_option(short=False, legacy=False, help="No engine start-up progress (engines healthy / total) on stderr.")
 @policy_options
+@http_options
 @click.argument("engine_args", nargs=-1, type=click.UNPROCESSED)
 def serve(model, engines, engine_urls, launcher_kind, ray_address, host, port, policy, slo_ttft, slo_tpot, api_key,
           prefill_coeffs, profile_path, slack_mode, output_reservation, decode_margin_s, device,
           cpu_kv_cache_gib, tokenizer, engine_api_key, log_dir, startup_timeout, max_pending, max_body_bytes,
           generate_model, log_level, min_engines, max_engines, macro_min, macro_max, scale_cooldown, scale_in_hold,
-          ttft_window, replace_failed, shutdown_grace, engine_args) -> None:  # fmt: skip
+          ttft_window, replace_failed, shutdown_grace, engine_args, served_model_name, http, quiet) -> None:  # fmt: skip
     """Serve an OpenAI-compatible API (/v1/completions, /v1/chat/completions,
     /v1/models, /health, /metrics, /ecoserve/status) over vLLM engines
     scheduled by EcoServe. Arguments after -- go to every local vLLM engine
@@ -273,6 +290,8 @@ def serve(model, engines, engine_urls, launcher_kind, ray_address, host, port, p
         raise click.UsageError("give --model PATH (start engines) or --engine-url URL (attach), not both")
     if engine_urls and engine_args:
         raise click.UsageError("engine arguments after -- apply to local engines only (--model)")
+    if warning := http.cleartext_key_warning(host, api_key):
+        click.echo(warning, err=True)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if generate_model and model:
         _ensure_model(model, generate_model)
@@ -300,10 +319,10 @@ def serve(model, engines, engine_urls, launcher_kind, ray_address, host, port, p
         model, engines=engines, engine_urls=engine_urls, config=config, engine_args=list(engine_args),
         device=device, log_dir=log_dir, startup_timeout=startup_timeout, tokenizer=tokenizer,
         engine_api_key=engine_api_key, max_pending=max_pending, cpu_kv_cache_gib=cpu_kv_cache_gib,
-        max_engines=max_engines, replace_failed=replace_failed, launcher=launcher,
+        max_engines=max_engines, replace_failed=replace_failed, launcher=launcher, served_model_name=served_model_name,
     )  # fmt: skip
     try:
-        code = _run(_main(coord, sock, api_key, max_body_bytes, log_level, shutdown_grace))
+        code = _run(_main(coord, sock, api_key, max_body_bytes, log_level, shutdown_grace, http, quiet=quiet))
     finally:
         sock.close()
     sys.exit(code)
@@ -361,8 +380,9 @@ def _run(coro) -> int:
     return asyncio.run(coro)  # pragma: no cover
 
 
-async def _main(coord, sock: socket.socket, api_key: str | None, max_body_bytes: int, log_level: str,
-                shutdown_grace: float = 30.0) -> int:  # fmt: skip
+async def _main(coord, sock: socket.socket, api_key, max_body_bytes: int, log_level: str,
+                shutdown_grace: float = 30.0, http: HttpOptions | None = None, *,
+                quiet: bool = False) -> int:  # fmt: skip
     import uvicorn
 
     from ecoserve.engine.launcher import EngineStartError
@@ -395,9 +415,11 @@ async def _main(coord, sock: socket.socket, api_key: str | None, max_body_bytes:
     kind = coord.launcher.name if coord.launcher is not None else "local"
     where = f"{coord.n_engines} {kind} engine(s)" if coord.model_path else f"{len(coord.engine_urls)} attached engine(s)"
     print(f"ecoserve: starting {where} (policy {coord.policy}); engine logs in {coord.log_dir}", flush=True)
-    starting = asyncio.create_task(coord.start())
+    bar = Progress("engines", "healthy", coord.n_engines, quiet=quiet)  # launched engines only (attached: silent)
+    starting = asyncio.create_task(coord.start(on_progress=bar))
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    bar.close()
     if not starting.done():
         starting.cancel()  # start() stops whatever it launched
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -411,20 +433,22 @@ async def _main(coord, sock: socket.socket, api_key: str | None, max_body_bytes:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
 
-    app = create_app(coord, api_key=api_key, max_body_bytes=max_body_bytes)
-    config = uvicorn.Config(app, log_level="warning" if log_level == "info" else log_level, access_log=False,
-                            timeout_graceful_shutdown=GRACEFUL_S, lifespan="off")  # fmt: skip
+    http = http or HttpOptions()
+    app = create_app(coord, api_key=api_key, max_body_bytes=max_body_bytes, cors=http.cors)
+    config = uvicorn.Config(app, log_level=http.uvicorn_level(log_level), access_log=False,
+                            timeout_graceful_shutdown=GRACEFUL_S, lifespan="off", **http.ssl)  # fmt: skip
     server = _Server(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    base = f"http://{shown}:{port}"
+    base = f"{http.scheme}://{shown}:{port}"
     for inst in coord.status()["instances"]:
         print(f"  {inst['id']}: {inst['url']}" + (f" (pid {inst['pid']})" if inst["pid"] else ""), flush=True)
     print(
         f"ecoserve: ready. Send OpenAI requests to {base}/v1 (model {coord.served_model!r}), e.g.\n"
         f"  curl {base}/v1/completions -H 'Content-Type: application/json' "
         f'-d \'{{"prompt": "Hello", "max_tokens": 16}}\'\n'
+        f"  dashboard (watch the engines take turns): {base}/ecoserve/dashboard\n"
         f"  status: {base}/ecoserve/status   metrics: {base}/metrics   docs: {base}/docs   Ctrl-C to stop",
         flush=True,
     )

@@ -7,13 +7,13 @@ happen inside the commands, so ``ecoserve --help`` stays fast.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import click
 
 from ecoserve.cli.options import json_clean, parse_levels, policy_options, run_json, workload_json, write_records
+from ecoserve.cli.progress import Progress, quiet_option
 from ecoserve.policy.config import PAPER_POLICIES
 from ecoserve.policy.config import SIM_POLICIES as ALL_POLICIES
 
@@ -175,8 +175,12 @@ def autoscale_options(f):
         click.option("--scale-in-hold", type=click.FloatRange(0), default=30.0, show_default=True,
                      help="Autoscaling: the slack must last this long (s) before an instance is drained."),
         click.option("--timeline", "timeline_path", type=click.Path(dir_okay=False, writable=True), default=None,
-                     help="Autoscaling: write the time series (per window: instances, macro-instance layout, "
-                          "attainment, TTFT, TPOT; and every scale event) as JSON to this path."),
+                     help="Write the run's engine timelines (each engine's prefill/decode steps, phases, routed "
+                          "requests, queue, TTFT/TPOT against the SLOs, KV use: the dashboard's picture) to "
+                          "FILE.html (self-contained page) or FILE.png (matplotlib). FILE.json: with "
+                          "--autoscale, the autoscaling time series (per window: instances, macro-instance "
+                          "layout, attainment, TTFT, TPOT; and every scale event); without, the timeline "
+                          "document itself."),
         click.option("--window", "window_s", type=click.FloatRange(0, min_open=True), default=10.0,
                      show_default=True, help="Autoscaling: width (s) of the timeline's windows."),
         click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
@@ -185,6 +189,24 @@ def autoscale_options(f):
     for o in reversed(opts):
         f = o(f)
     return f
+
+
+def _write_engine_timeline(path: str, res, requests, rate: float, policy: str, dataset: str) -> str:
+    """Run the chosen configuration once more with a timeline observer (the
+    simulator is deterministic: the same run) and write what it saw."""
+    from ecoserve.sim.runner import simulate as simulate_one
+    from ecoserve.sim.timeline import TimelineObserver
+    from ecoserve.timeline.document import Event
+    from ecoserve.timeline.html import write
+
+    obs = TimelineObserver()
+    again = simulate_one(res.config, requests, rate, setup=obs.attach)
+    c = res.config
+    events = [Event(e["t"], e["action"], None, ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("t", "action")))
+              for e in (again.timeline or {}).get("events", [])]  # fmt: skip
+    doc = obs.document(title=f"{policy}, {c.instances} x {c.model} ({c.hardware}), {dataset}, {rate:.3g} req/s",
+                       events=events)  # fmt: skip
+    return str(write(doc, path))
 
 
 @simulate.command("run")
@@ -201,12 +223,14 @@ def autoscale_options(f):
               help="Also write per-request results (arrival, lengths, TTFT, TPOT) as CSV to this path.")
 @autoscale_options
 @common_options
+@quiet_option
 def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, max_instances, macro_min,
             launch_delay, scale_interval, scale_cooldown, ttft_window, scale_in_hold, timeline_path, window_s,
             plot_path, model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft, slo_tpot,
-            burstiness, num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio, as_json):
+            burstiness, num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio, as_json, quiet):
     """Simulate one policy at one rate (or a stepped load): attainment and
-    TTFT/TPOT percentiles; with --autoscale, mitosis scaling and its timeline."""
+    TTFT/TPOT percentiles; with --autoscale, mitosis scaling and its timeline.
+    A run longer than a few seconds shows its progress on stderr (-q: not)."""
     from dataclasses import replace
 
     from ecoserve.sim import run_best
@@ -220,8 +244,11 @@ def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, ma
         raise click.UsageError("--rate is required for synthetic datasets")
     if rate is not None and rate <= 0:
         raise click.BadParameter("must be > 0", param_hint="--rate")
-    if (timeline_path or plot_path) and not autoscale:
-        raise click.UsageError("--timeline and --plot of `run` go with --autoscale")
+    if plot_path and not autoscale:
+        raise click.UsageError("--plot of `run` goes with --autoscale (for any run: --timeline FILE.png)")
+    if timeline_path and Path(timeline_path).suffix.lower() not in (".html", ".png", ".json"):
+        raise click.BadParameter("write FILE.html, FILE.png or FILE.json", param_hint="--timeline")
+    engine_timeline = bool(timeline_path) and (Path(timeline_path).suffix.lower() != ".json" or not autoscale)
     if autoscale:
         try:
             cfg = replace(cfg, autoscale=True, min_instances=min_instances, max_instances=max_instances,
@@ -246,7 +273,8 @@ def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, ma
         eff_rate = rate if rate is not None else template.native_rate
     t0 = time.perf_counter()
     try:
-        res = run_best(cfg, requests, eff_rate)
+        with Progress(f"simulating {policy}", "requests", quiet=quiet, delay=2.0) as bar:
+            res = run_best(cfg, requests, eff_rate, on_progress=bar)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     wall = time.perf_counter() - t0
@@ -260,8 +288,10 @@ def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, ma
         out["workload"]["arrivals"] += " (stepped rate)"
     if records_path:
         write_records(records_path, res.records)
+    if engine_timeline:
+        out["timeline"] = _write_engine_timeline(timeline_path, res, requests, eff_rate, policy, template.name)
     if res.timeline is not None:
-        if timeline_path:
+        if timeline_path and not engine_timeline:
             Path(timeline_path).write_text(json.dumps(json_clean({**res.timeline, "rate_steps": out.get("rate_steps"),
                                                               "config": out["config"]})))
             out["timeline"] = str(timeline_path)
@@ -293,9 +323,10 @@ def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, ma
         click.echo(f"  autoscaling: {n['start']} -> {n['end']} instances (min {n['min']}, max {n['max']}), "
                    f"{act['scale_out']} out, {act['scale_in']} in, {act['split']} split(s), {act['merge']} "
                    f"merge(s); final layout {a['layout_end']}")
-        for k in ("timeline", "plot"):
-            if k in out:
-                click.echo(f"  {k}: {out[k]}")
+        if "plot" in out:
+            click.echo(f"  plot: {out['plot']}")
+    if "timeline" in out:
+        click.echo(f"  timeline: {out['timeline']}")
     click.echo(f"  simulated {res.stats['sim_seconds']:.0f} s in {wall:.2f} s wall")
 
 
@@ -315,17 +346,17 @@ def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, ma
               help="Extra comma-separated rates to evaluate for every policy (points for the plot).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write a PNG of SLO attainment against rate, one line per policy.")
-@click.option("--progress/--no-progress", default=None,
-              help="Progress bar on stderr (default: when stderr is a terminal).")
+@quiet_option
 @common_options
-def sweep_cmd(policies, levels, tolerance, min_duration, start_rate, rates, plot_path, progress, model, hardware, tp,
+def sweep_cmd(policies, levels, tolerance, min_duration, start_rate, rates, plot_path, quiet, model, hardware, tp,
               cost_model, instances,
               dataset, replay, slo_ttft, slo_tpot, burstiness, num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size,
               chunk_size, pd_ratio, as_json):
     """Goodput of each policy: the highest rate at which P50/P90/P99 of requests
     meet both SLOs, found by raising the rate until attainment fails and then
     bisecting. Baselines are tried in each of their configurations (Sarathi
-    token budgets, DistServe layouts, Mooncake P:D splits) and the best counts."""
+    token budgets, DistServe layouts, Mooncake P:D splits) and the best counts.
+    Progress (policies done, the current one's runs) goes to stderr (-q: not)."""
     from dataclasses import replace
 
     from ecoserve.sim import sweep_policy
@@ -339,19 +370,23 @@ def sweep_cmd(policies, levels, tolerance, min_duration, start_rate, rates, plot
     extra = [float(x) for x in rates.split(",")] if rates else []
     base, template = _setup(model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft, slo_tpot, burstiness,
                             num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio)
-    bar = _progress(progress)
+    bar = Progress("simulating", "policies", len(names), quiet=quiet)
     results = []
     t0 = time.perf_counter()
     try:
-        for name in names:
+        for i, name in enumerate(names):
             cfg = replace(base, policy=name)
+            runs = [0]
 
-            def on_eval(pol, rate, att):
-                bar.update(pol, rate, att)
+            def on_eval(pol, rate, att, i=i, runs=runs):
+                runs[0] += 1
+                bar(i, len(names), f"{pol}: run {runs[0]}, {rate:.3g} req/s -> {att:.1%}")
 
+            bar(i, len(names), f"{name}: starting")
             results.append(sweep_policy(cfg, template, lv, rel_tol=tolerance, start=start_rate,
                                         min_duration=min_duration, on_eval=on_eval,
                                         extra_rates=extra))
+            bar(i + 1, len(names), f"{name}: {runs[0]} runs")
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     finally:
@@ -382,30 +417,6 @@ def sweep_cmd(policies, levels, tolerance, min_duration, start_rate, rates, plot
         click.echo(f"  {r.policy:<13}" + "".join(f"{r.goodput[k]:>9.2f}" for k in keys) + "   " + "; ".join(cfgs))
     if plot_path:
         click.echo(f"  plot: {plot_path}")
-
-
-class _progress:
-    """tqdm on stderr, one tick per simulated run; a no-op if tqdm is missing."""
-
-    def __init__(self, enabled: bool | None) -> None:
-        self.bar = None
-        if enabled is False:
-            return
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return
-        self.bar = tqdm(desc="simulating", unit="run", file=sys.stderr, disable=None if enabled is None else False,
-                        dynamic_ncols=True)
-
-    def update(self, policy: str, rate: float, attainment: float) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{policy} @ {rate:.3g} req/s -> {attainment:.1%}", refresh=False)
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 @simulate.command("presets")

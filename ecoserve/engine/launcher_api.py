@@ -14,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import aiohttp
+
+
+OnProgress = Callable[[int, "int | None", str], None]  # (done, total, detail); see ecoserve/cli/progress.py
 
 
 class EngineStartError(RuntimeError):
@@ -74,21 +77,29 @@ class EngineLauncher(ABC):
         (a cluster that may grow)."""
         return None
 
-    async def wait_healthy(self, engines: Sequence[LaunchedEngine], timeout: float) -> None:
-        await wait_healthy(engines, timeout)
+    async def wait_healthy(self, engines: Sequence[LaunchedEngine], timeout: float,
+                           on_progress: OnProgress | None = None) -> None:  # fmt: skip
+        """Until every engine is healthy (``wait_healthy``); ``on_progress(healthy, total, detail)`` as it goes."""
+        await wait_healthy(engines, timeout, on_progress)
 
     async def close(self) -> None:
         """Stop every engine still running and release the launcher's resources."""
 
 
-async def wait_healthy(engines: Sequence[LaunchedEngine], timeout: float) -> None:
+async def wait_healthy(engines: Sequence[LaunchedEngine], timeout: float,
+                       on_progress: OnProgress | None = None) -> None:  # fmt: skip
     """Until every engine answers ``GET /health`` with 200. Raises
     EngineStartError (exit code and log tail) for the first that exits or is
-    still not healthy at the deadline. Cancellable."""
+    still not healthy at the deadline. Cancellable. ``on_progress(healthy,
+    total, detail)`` hears before every round of checks (every 0.5 s) and at the end."""
     deadline = time.monotonic() + timeout
     pending = list(engines)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
         while pending:
+            if on_progress is not None:
+                ids = [e.id for e in pending]
+                more = f" and {len(ids) - 3} more" if len(ids) > 3 else ""
+                on_progress(len(engines) - len(pending), len(engines), f"waiting for {', '.join(ids[:3])}{more}")
             for e in list(pending):
                 code = e.exit_code()
                 if code is not None:
@@ -100,8 +111,10 @@ async def wait_healthy(engines: Sequence[LaunchedEngine], timeout: float) -> Non
                 except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError):
                     pass
             if not pending:
-                return
+                break
             if time.monotonic() > deadline:
                 e = pending[0]
                 raise start_error(f"{e.id} ({e.url})", f"was not healthy after {timeout:.0f} s", e)
             await asyncio.sleep(0.5)
+    if on_progress is not None:
+        on_progress(len(engines), len(engines), "")

@@ -40,7 +40,7 @@ from typing import Any
 
 import msgspec
 
-from ecoserve.engine.launcher_api import EngineLauncher, EngineStartError, LaunchedEngine, wait_healthy
+from ecoserve.engine.launcher_api import EngineLauncher, EngineStartError, LaunchedEngine, OnProgress, wait_healthy
 from ecoserve.engine.process import (
     STOP_GRACE_S, EngineProcess, check_engine_args, engine_env, free_port, vllm_command,
 )  # fmt: skip
@@ -393,9 +393,12 @@ class RayLauncher(EngineLauncher):
             engines.append(engine)
         return engines
 
-    async def wait_healthy(self, engines: Sequence[LaunchedEngine], timeout: float) -> None:
+    async def wait_healthy(self, engines: Sequence[LaunchedEngine], timeout: float,
+                           on_progress: OnProgress | None = None) -> None:  # fmt: skip
         deadline = time.monotonic() + timeout
         mine = [self._running[e.id] for e in engines if e.id in self._running]
+        if on_progress is not None:
+            on_progress(0, len(engines), "Ray is placing them")
         placing = asyncio.gather(*(e.wait_placed() for e in mine))
         try:
             await asyncio.wait_for(placing, timeout)
@@ -407,7 +410,7 @@ class RayLauncher(EngineLauncher):
             ) from None
         for e in mine:
             log.info("%s runs on %s (%s), log %s on that node", e.id, e.url, e.placement, e.log_path)
-        await wait_healthy(engines, max(1.0, deadline - time.monotonic()))
+        await wait_healthy(engines, max(1.0, deadline - time.monotonic()), on_progress)
 
     def _wants(self) -> str:
         r = self.resources

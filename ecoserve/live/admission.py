@@ -3,7 +3,8 @@ and what the engine will be sent.
 
 The body has passed ``ecoserve.openai.validation`` already (the front door and
 the Python API both run it), so nothing here re-checks field types or ranges.
-What only the coordinator can check is checked here: the model name (404), the
+What only the coordinator can check is checked here: the model name (404: one
+of the served names, ``--served-model-name``, or else the engines' own), the
 prompt and completion against the model's context (400), and the pending
 queue's bound (429, again after counting: requests arriving together all
 passed the first check while they were being counted).
@@ -14,7 +15,7 @@ known token by token; what the client asked for is kept to reshape the chunks.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,6 +41,14 @@ class Admitted:
     keep_continuous: bool  # ... in every chunk
 
 
+def served_names(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``--served-model-name``'s value as a tuple (empty: the engines' own name)."""
+    names = (value,) if isinstance(value, str) else tuple(value or ())
+    if any(not isinstance(n, str) or not n for n in names):
+        raise ValueError(f"served model names must be non-empty strings, got {names!r}")
+    return tuple(dict.fromkeys(names))  # the first is the one replies report
+
+
 class Admission:
     def __init__(self, max_pending: int) -> None:
         self.max_pending = max_pending
@@ -48,13 +57,15 @@ class Admission:
         if waiting >= self.max_pending:
             raise RequestError(429, f"too many requests waiting ({self.max_pending}); retry later")
 
-    async def admit(self, kind: str, body: dict[str, Any], counter: TokenCounter, *, model: str,
-                    max_model_len: int, waiting: Callable[[], int]) -> Admitted:  # fmt: skip
+    async def admit(self, kind: str, body: dict[str, Any], counter: TokenCounter, *, model: str, max_model_len: int,
+                    waiting: Callable[[], int], names: Collection[str] = ()) -> Admitted:  # fmt: skip
+        """``model``: the engines' name, sent upstream; ``names``: those a request
+        may ask for (default: ``model`` alone)."""
         if kind not in (COMPLETIONS, CHAT):
             raise ValueError(f"kind must be {COMPLETIONS!r} or {CHAT!r}")
         body = dict(body)
         asked = body.get("model")
-        if asked is not None and asked != model:
+        if asked is not None and asked not in (names or (model,)):
             raise RequestError(404, f"The model `{asked}` does not exist.", param="model")
         body["model"] = model
         self.check_queue(waiting())

@@ -38,16 +38,19 @@ from typing import Any
 import msgspec
 
 from ecoserve.engine.handle import EngineHandle
-from ecoserve.engine.launcher_api import EngineLauncher, LaunchedEngine
-from ecoserve.live.admission import Admission
+from ecoserve.engine.launcher_api import EngineLauncher, LaunchedEngine, OnProgress
+from ecoserve.live.admission import Admission, served_names
 from ecoserve.live.autoscaler import LiveScaling
 from ecoserve.live.fleet import EngineRecord, Fleet, LaunchSettings
 from ecoserve.live.generation import Generation, outcome_of
+from ecoserve.live.observer import Observer
 from ecoserve.live.status import layout, status_document
 from ecoserve.live.tokenizer import EngineTokenizer, LocalTokenizer
 from ecoserve.metrics import tpot_of
+from ecoserve.openai.chunks import ModelRename
 from ecoserve.openai.errors import RequestError
 from ecoserve.openai.validation import CHAT, COMPLETIONS, validate
+from ecoserve.protocol import StepRecord
 from ecoserve.policy import (
     SLO,
     Action,
@@ -67,35 +70,6 @@ TICK_S = 0.01  # re-offer pending requests this often while any wait
 _dec = msgspec.json.Decoder()
 
 
-class Observer:
-    """Hooks for metrics (the server's Prometheus exporter implements them)."""
-
-    def on_routed(self, instance_id: str, reason: str) -> None: ...
-
-    def on_queued(self, reason: str) -> None: ...
-
-    def on_done(self, outcome: str, ttft: float | None, tpot: float | None) -> None: ...
-
-
-class Observers(Observer):
-    """Several observers as one (a user's and the server's metrics)."""
-
-    def __init__(self, *observers: Observer) -> None:
-        self.observers = list(observers)
-
-    def on_routed(self, instance_id: str, reason: str) -> None:
-        for o in self.observers:
-            o.on_routed(instance_id, reason)
-
-    def on_queued(self, reason: str) -> None:
-        for o in self.observers:
-            o.on_queued(reason)
-
-    def on_done(self, outcome: str, ttft: float | None, tpot: float | None) -> None:
-        for o in self.observers:
-            o.on_done(outcome, ttft, tpot)
-
-
 class Coordinator:
     """Launches (``model``, ``engines``) or attaches to (``engine_urls``) vLLM
     engines running the EcoServe plugin, and serves requests across them.
@@ -104,6 +78,8 @@ class Coordinator:
     ``slo_ttft``, ``slo_tpot``, ``prefill_coeffs`` and ``autoscale`` make it.
     Engine arguments (``engine_args``) go to every launched engine unchanged
     (e.g. ``["--max-model-len", "2048", "--tensor-parallel-size", "2"]``).
+    ``served_model_name`` (vLLM's ``--served-model-name``): the name(s) requests
+    may use, the first reported in replies (default: the engines' own).
     """
 
     def __init__(
@@ -130,6 +106,7 @@ class Coordinator:
         launcher: EngineLauncher | None = None,
         max_engines: int | None = None,
         replace_failed: bool = True,
+        served_model_name: str | Sequence[str] | None = None,
     ) -> None:
         if config is None:
             config = PolicyConfig(policy, SLO(slo_ttft, slo_tpot), prefill_coeffs=prefill_coeffs,
@@ -139,6 +116,8 @@ class Coordinator:
         if launcher is not None and model is None:
             raise ValueError("a launcher needs the model it launches engines for")
         self.config = config
+        self.served_model_names = served_names(served_model_name)
+        self._rename: ModelRename | None = None  # set once the engines' own name is known
         self.model_path = str(model) if model is not None else None
         self.n_engines = engines
         self.engine_urls = list(engine_urls)
@@ -185,6 +164,17 @@ class Coordinator:
 
     @property
     def served_model(self) -> str:
+        """The model name replies report."""
+        return self.served_model_names[0] if self.served_model_names else self.fleet.served_model
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """Every name a request may use, ``served_model`` first."""
+        return self.served_model_names or (self.fleet.served_model,)
+
+    @property
+    def engine_model(self) -> str:
+        """The engines' own name for the model (sent to them; what vLLM's cards call ``root``)."""
         return self.fleet.served_model
 
     @property
@@ -207,7 +197,10 @@ class Coordinator:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def start(self) -> None:
+    async def start(self, on_progress: OnProgress | None = None) -> None:
+        """Launch or attach the engines and start serving. ``on_progress(healthy,
+        total, detail)`` hears how many launched engines are healthy while
+        they start (``ecoserve serve`` draws it on stderr)."""
         tok_load: asyncio.Task | None = None
         try:
             launched: list[LaunchedEngine] = []
@@ -217,7 +210,7 @@ class Coordinator:
                 self._tokenizer = LocalTokenizer(self.tokenizer_path)
                 tok_load = asyncio.create_task(asyncio.to_thread(self._tokenizer.load))
             if launched:
-                await self.fleet.wait_healthy(launched)
+                await self.fleet.wait_healthy(launched, on_progress)
             starting = [(e.id, e.url, e) for e in launched] + [(f"engine-{i}", u, None) for i, u in enumerate(self.engine_urls)]
             for k, (eid, url, e) in enumerate(starting):
                 await self.fleet.attach(eid, url, e, macro=self.config.starting_macro(k, len(starting)))
@@ -230,7 +223,9 @@ class Coordinator:
                     self._tokenizer = None
             if self._tokenizer is None:
                 first = next(iter(self.engines.values()))
-                self._tokenizer = EngineTokenizer(first.handle, self.served_model)
+                self._tokenizer = EngineTokenizer(first.handle, self.fleet.served_model)
+            if self.served_model != self.fleet.served_model:
+                self._rename = ModelRename(self.fleet.served_model, self.served_model)
             self._tasks.append(asyncio.create_task(self._ticker(), name="ecoserve-tick"))
             self._tasks.append(asyncio.create_task(self.fleet.health_monitor(), name="ecoserve-health"))
             if self.planner is not None:
@@ -321,14 +316,15 @@ class Coordinator:
         try:
             self._gate()
             assert self._tokenizer is not None
-            adm = await self.admission.admit(kind, body, self._tokenizer, model=self.served_model,
-                                             max_model_len=self.max_model_len, waiting=lambda: len(self._waiting))  # fmt: skip
+            adm = await self.admission.admit(kind, body, self._tokenizer, model=self.fleet.served_model,
+                                             max_model_len=self.max_model_len, waiting=lambda: len(self._waiting),
+                                             names=self.model_names)  # fmt: skip
         except RequestError as e:  # refused before it reached the policy
             self.observer.on_done(e.outcome, None, None)
             raise
         self._ids += 1
         gen = Generation(self, f"eco-{self._ids}", kind, adm.upstream_body, keep_usage=adm.keep_usage,
-                         keep_continuous=adm.keep_continuous, arrival=arrival)  # fmt: skip
+                         keep_continuous=adm.keep_continuous, arrival=arrival, rename=self._rename)  # fmt: skip
         self._flights[gen.id] = gen
         self._waiting.add(gen.id)
         try:
@@ -383,6 +379,9 @@ class Coordinator:
                 gen.break_stream(why)
         return requeued
 
+    def engine_steps(self, instance_id: str, steps: list[StepRecord]) -> None:
+        self.observer.on_steps(instance_id, steps)
+
     def no_engine_left(self) -> None:
         """Waiting requests have nothing to wait for."""
         for rid in list(self._waiting):
@@ -403,6 +402,7 @@ class Coordinator:
                     gen.place(a.instance_id)
             elif isinstance(a, SetPhase):
                 self.fleet.want_phase(a.instance_id, a.phase.value)
+                self.observer.on_phase(a.instance_id, a.phase.value)
             elif isinstance(a, Queued):
                 self.observer.on_queued(a.reason.value)
             elif isinstance(a, Rejected):
@@ -462,9 +462,9 @@ class Coordinator:
     # ---- status --------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """The ``/ecoserve/status`` document."""
-        return status_document(policy=self.policy, slo=self.slo, fleet=self.fleet, router=self.router,
-                               predictor=self.predictor, pending=len(self._waiting), in_flight=len(self._flights),
-                               autoscale=self.autoscale)  # fmt: skip
+        return {**status_document(policy=self.policy, slo=self.slo, fleet=self.fleet, router=self.router,
+                                 predictor=self.predictor, pending=len(self._waiting), in_flight=len(self._flights),
+                                 autoscale=self.autoscale), "model": self.served_model}  # fmt: skip
 
 
 def _default_log_dir() -> Path:

@@ -31,12 +31,12 @@ from typing import Any, Protocol
 
 from ecoserve.engine.handle import EngineHandle, EngineUnreachable, UpstreamHTTPError
 from ecoserve.engine.launcher import LocalLauncher
-from ecoserve.engine.launcher_api import EngineLauncher, LaunchedEngine
+from ecoserve.engine.launcher_api import EngineLauncher, LaunchedEngine, OnProgress
 from ecoserve.engine.process import SCHEDULER_CLS
 from ecoserve.engine.resources import default_cpu_kv_gib
 from ecoserve.engine.status_stream import StatusSubscriber
 from ecoserve.policy import Action, InstanceState, PrefillTimePredictor, Router
-from ecoserve.protocol import EngineStatus
+from ecoserve.protocol import EngineStatus, StepRecord
 
 log = logging.getLogger("ecoserve.coordinator")
 
@@ -62,6 +62,9 @@ class FleetHost(Protocol):
         """Requeue (no first token) or break (streaming) its generations; how many were requeued."""
 
     def no_engine_left(self) -> None: ...
+
+    def engine_steps(self, instance_id: str, steps: list[StepRecord]) -> None:
+        """Step records the engine reported, new ones only, in step order."""
 
 
 @dataclass(eq=False)
@@ -155,9 +158,9 @@ class Fleet:
             log.info("starting %s (%s launcher), log %s", e.id, self.launcher.name, e.log_path)
         return engines
 
-    async def wait_healthy(self, engines: list[LaunchedEngine]) -> None:
+    async def wait_healthy(self, engines: list[LaunchedEngine], on_progress: OnProgress | None = None) -> None:
         assert self.launcher is not None
-        await self.launcher.wait_healthy(engines, self.settings.startup_timeout)
+        await self.launcher.wait_healthy(engines, self.settings.startup_timeout, on_progress)
 
     async def attach(self, eid: str, url: str, launched: LaunchedEngine | None, macro: Macro = None) -> None:
         handle = EngineHandle(url, api_key=self.engine_api_key)
@@ -362,11 +365,12 @@ class Fleet:
     def observe_status(self, rec: EngineRecord, st: EngineStatus) -> None:
         if rec.observed is None or st.seq >= rec.observed.seq or st.time > rec.observed.time:
             rec.observed = st
-        for step in st.steps:
-            if step.step <= rec.last_step:
-                continue
-            rec.last_step = step.step
+        new = [s for s in sorted(st.steps, key=lambda s: s.step) if s.step > rec.last_step]
+        for step in new:
             self.predictor.observe_step(step.kind, step.prefill_tokens, step.duration_s, step.prefill_reqs)
+        if new:
+            rec.last_step = new[-1].step
+            self.host.engine_steps(rec.id, new)
 
     # ---- health and failure ----------------------------------------------------------
     async def health_monitor(self) -> None:

@@ -25,7 +25,7 @@ import msgspec
 
 from ecoserve.engine.handle import EngineHandle, EngineUnreachable, UpstreamHTTPError, UpstreamStream
 from ecoserve.openai.aggregate import ResponseBuilder
-from ecoserve.openai.chunks import StreamTally
+from ecoserve.openai.chunks import ModelRename, StreamTally
 from ecoserve.openai.errors import RequestError
 from ecoserve.openai.sse import SSESplitter
 from ecoserve.openai.validation import CHAT, COMPLETIONS
@@ -66,8 +66,9 @@ class Generation:
     (idempotent)."""
 
     def __init__(self, host: GenerationHost, rid: str, kind: str, upstream_body: bytes, *, keep_usage: bool,
-                 keep_continuous: bool, arrival: float) -> None:  # fmt: skip
+                 keep_continuous: bool, arrival: float, rename: ModelRename | None = None) -> None:  # fmt: skip
         self._host = host
+        self._rename = rename  # the served model name in place of the engine's
         self.id = rid
         self.kind = kind
         self._body = upstream_body
@@ -166,7 +167,7 @@ class Generation:
                     if tally.tokens + base > self.tokens:
                         self._host.on_tokens(self, tally.tokens + base - self.tokens)
                     if out:
-                        yield out
+                        yield [self._rename(p) for p in out] if self._rename is not None else out
                     if tally.done:
                         break
                 if tally.error is not None:

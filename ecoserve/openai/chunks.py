@@ -10,7 +10,8 @@ progress costs about a microsecond a chunk.
 What the client asked for is restored on the way out: the per-chunk usage is
 removed unless it asked for ``continuous_usage_stats``, the final usage-only
 chunk is dropped unless it asked for ``include_usage`` (many clients index
-``chunk.choices[0]`` and would fail on an empty list).
+``chunk.choices[0]`` and would fail on an empty list). ``ModelRename`` puts
+the served model name in place of the engines' own.
 """
 
 from __future__ import annotations
@@ -117,3 +118,34 @@ class StreamTally:
                     self.tokens = max(self.tokens, self._counted_fallback)
                 out.append(p)
         return out
+
+
+class ModelRename:
+    """Rewrites a chunk's top-level ``model``: the engines serve under their
+    own name, clients see another (``--served-model-name``). vLLM writes
+    compact JSON with ``model`` before ``choices``, so the first
+    ``"model":"<engine name>"`` is the top-level one (inside a JSON string a
+    quote is always escaped, so text cannot match); a chunk written any other
+    way takes the slow, exact path."""
+
+    __slots__ = ("engine_name", "served_name", "_old", "_new")
+
+    def __init__(self, engine_name: str, served_name: str) -> None:
+        self.engine_name = engine_name
+        self.served_name = served_name
+        self._old = b'"model":' + _enc.encode(engine_name)
+        self._new = b'"model":' + _enc.encode(served_name)
+
+    def __call__(self, payload: bytes) -> bytes:
+        if self._old in payload:
+            return payload.replace(self._old, self._new, 1)
+        if b'"model"' not in payload:
+            return payload
+        try:
+            obj = _any.decode(payload)
+        except msgspec.DecodeError:
+            return payload
+        if not isinstance(obj, dict) or obj.get("model") != self.engine_name:
+            return payload
+        obj["model"] = self.served_name
+        return _enc.encode(obj)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -30,7 +30,11 @@ from fastapi.responses import JSONResponse, Response
 from ecoserve import __version__
 from ecoserve.live import CHAT, COMPLETIONS, Coordinator, Observer, Observers, RequestError
 from ecoserve.server import errors
+from ecoserve.live.timeline import LiveTimeline
 from ecoserve.server.admin import admin_router
+from ecoserve.server.cors import CorsSettings, add_cors
+from ecoserve.server.dashboard import dashboard_router
+from ecoserve.server.docs import install_docs
 from ecoserve.server.metrics import CONTENT_TYPE, Metrics
 from ecoserve.server.relay import ClientGone, DisconnectWatcher, SSEResponse
 from ecoserve.server.retry_after import RetryAdvisor
@@ -45,14 +49,15 @@ _STREAM_DOC = {"200": {"content": {"text/event-stream": {}, "application/json": 
                        "description": "A JSON reply, or server-sent events when `stream` is true."}}  # fmt: skip
 
 
-def _auth(api_key: str | None):
-    expected = f"Bearer {api_key}".encode() if api_key else None
+def _auth(api_key: str | Sequence[str] | None):
+    keys = [api_key] if isinstance(api_key, str) else list(api_key or ())  # several: vLLM's --api-key K1 K2
+    expected = [f"Bearer {k}".encode() for k in keys if k]
 
     async def check(request: Request) -> None:
-        if expected is None:
+        if not expected:
             return
         got = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(got, expected):
+        if not sum(hmac.compare_digest(got, e) for e in expected):  # every key compared: no early exit
             raise RequestError(401, "invalid or missing API key (Authorization: Bearer KEY)", "AuthenticationError")
 
     return check
@@ -124,10 +129,14 @@ class BodyGuard:
         await errors.error_response(status, message)(scope, receive, send)
 
 
-def create_app(coord: Coordinator, *, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The app. ``max_body_bytes``: the largest request body accepted (413 beyond)."""
+def create_app(coord: Coordinator, *, api_key: str | Sequence[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+               cors: CorsSettings | None = None) -> FastAPI:  # fmt: skip
+    """The app. ``max_body_bytes``: the largest request body accepted (413
+    beyond); ``api_key``: one key or several; ``cors``: cross-origin access (none by default)."""
     app = FastAPI(
         title="EcoServe",
+        docs_url=None,  # our own /docs, without a CDN (docs.py)
+        redoc_url=None,
         version=__version__,
         description="OpenAI-compatible API over vLLM engines scheduled by EcoServe "
         "(temporal disaggregation, rolling activation, SLO-aware routing).",
@@ -137,12 +146,16 @@ def create_app(coord: Coordinator, *, api_key: str | None = None, max_body_bytes
         metrics.requests.labels(outcome).inc()
 
     advisor = RetryAdvisor(metrics)
+    timeline = LiveTimeline(coord)
     errors.install(app, count=count, retry_after=lambda: advisor.seconds(coord.max_pending))
     app.add_middleware(BodyGuard, max_body_bytes=max_body_bytes, count=count)
+    add_cors(app, cors)  # after BodyGuard: outside it
     # The server's metrics observe beside whatever observer a Python-API user gave.
-    coord.observer = advisor if type(coord.observer) is Observer else Observers(coord.observer, advisor)
+    # ... and the dashboard's timeline beside both.
+    coord.observer = Observers(*([] if type(coord.observer) is Observer else [coord.observer]), advisor, timeline)
     app.state.coordinator = coord
     app.state.metrics = metrics
+    app.state.timeline = timeline
     app.state.draining = False  # set by `ecoserve serve` on SIGTERM
     auth = [Depends(_auth(api_key))]
     started = int(time.time())
@@ -185,8 +198,9 @@ def create_app(coord: Coordinator, *, api_key: str | None = None, max_body_bytes
 
     @app.get("/v1/models", dependencies=auth, response_model=ModelList, tags=["openai"])
     async def models() -> ModelList:
-        return ModelList(data=[ModelCard(id=coord.served_model, created=started, root=coord.model_path or coord.served_model,
-                                         max_model_len=coord.max_model_len or None)])  # fmt: skip
+        root = coord.model_path or coord.engine_model  # one card per served name, as vLLM lists them
+        return ModelList(data=[ModelCard(id=name, created=started, root=root, max_model_len=coord.max_model_len or None)
+                               for name in coord.model_names])  # fmt: skip
 
     @app.get("/health", tags=["ops"])
     async def health() -> Response:
@@ -209,4 +223,6 @@ def create_app(coord: Coordinator, *, api_key: str | None = None, max_body_bytes
         return JSONResponse(coord.status())
 
     app.include_router(admin_router(coord, _auth(api_key)))
+    app.include_router(dashboard_router(timeline, _auth(api_key)))
+    install_docs(app)
     return app

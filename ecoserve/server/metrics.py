@@ -67,6 +67,9 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily("ecoserve_prefill_predictor_correction",
                                 "Observed/predicted prefill time ratio applied to predictions",
                                 value=st["predictor"]["correction"])  # fmt: skip
+        # The targets as series, so a dashboard draws them beside the latency quantiles.
+        yield GaugeMetricFamily("ecoserve_slo_ttft_seconds", "TTFT SLO the policy routes for", value=st["slo"]["ttft"])
+        yield GaugeMetricFamily("ecoserve_slo_tpot_seconds", "TPOT SLO the policy routes for", value=st["slo"]["tpot"])
         phase = GaugeMetricFamily("ecoserve_engine_phase", "1 for the phase the policy holds the engine in",
                                   labels=["engine", "phase"])  # fmt: skip
         running = GaugeMetricFamily(
@@ -77,6 +80,8 @@ class _StateCollector(Collector):
         kv = GaugeMetricFamily(
             "ecoserve_engine_kv_reserved_tokens", "KV tokens reserved by the policy", labels=["engine"]
         )
+        # The denominator of the reservation: a dashboard shows reserved / capacity.
+        kv_cap = GaugeMetricFamily("ecoserve_engine_kv_capacity_tokens", "KV cache size in tokens", labels=["engine"])
         for inst in st["instances"]:
             eid = inst["id"]
             for p in _PHASES:
@@ -85,4 +90,5 @@ class _StateCollector(Collector):
             waiting.add_metric([eid], inst["num_waiting"])
             healthy.add_metric([eid], 1.0 if inst["healthy"] else 0.0)
             kv.add_metric([eid], inst["kv_reserved_tokens"])
-        yield from (phase, running, waiting, healthy, kv)
+            kv_cap.add_metric([eid], inst["kv_capacity_tokens"])
+        yield from (phase, running, waiting, healthy, kv, kv_cap)

@@ -66,6 +66,9 @@ class Simulator:
         self.failures = 0
         self.stopped_early = False
         self.arrivals_left = 0  # arrivals of the current run not yet delivered
+        # Progress of the current run (``run``'s ``on_progress``): requests done, next one reported.
+        self._progress: Callable[[int, int | None, str], None] | None = None
+        self._done, self._report_at, self._report_every, self._total = 0, 0, 1, 0
         # Watchers of the run (observer.py); append before ``run``.
         self.observers: list[SimObserver] = []
 
@@ -78,12 +81,20 @@ class Simulator:
     def note_finish(self, r: SimRequest, t: float) -> None:
         for o in self.observers:
             o.on_finish(r, t)
+        self._count_done(t)
         tpot = tpot_of(r.first_token, t, r.output)
         if r.first_token - r.arrival <= self.slo_ttft and tpot is not None and tpot > self.slo_tpot:
             self._fail()
 
     def note_rejected(self, r: SimRequest) -> None:
+        self._count_done(self.now)
         self._fail()
+
+    def _count_done(self, t: float) -> None:
+        self._done += 1
+        if self._progress is not None and self._done >= self._report_at:
+            self._report_at += self._report_every
+            self._progress(self._done, self._total, f"{t:.0f} s simulated")
 
     def _fail(self) -> None:
         self.failures += 1
@@ -98,8 +109,11 @@ class Simulator:
         self._seq += 1
         heapq.heappush(self.heap, (t, self._seq, _CALL, fn, arg))
 
-    def run(self, requests: Sequence[Request]) -> list[SimRequest]:
-        """Run ``requests`` (sorted by arrival) to completion; returns their states."""
+    def run(self, requests: Sequence[Request],
+            on_progress: Callable[[int, int | None, str], None] | None = None) -> list[SimRequest]:  # fmt: skip
+        """Run ``requests`` (sorted by arrival) to completion; returns their states.
+        ``on_progress(done, total, detail)`` hears of every 1% of the requests
+        done (finished or rejected), and of the end."""
         if self.driver is None:
             raise RuntimeError("no driver attached")
         reqs = [SimRequest(r.id, r.arrival, r.prompt_tokens, r.output_tokens, r.max_output) for r in requests]
@@ -111,6 +125,8 @@ class Simulator:
         push, pop = heapq.heappush, heapq.heappop
         n = len(reqs)
         self.arrivals_left = n
+        self._progress, self._done, self._total = on_progress, 0, n
+        self._report_every = self._report_at = max(1, n // 100)
         if n:
             self._seq += 1
             push(heap, (reqs[0].arrival, self._seq, _ARRIVAL, 0, None))
@@ -134,6 +150,9 @@ class Simulator:
             else:
                 a(t, b)
         self.events += events
+        if on_progress is not None:
+            self._progress = None
+            on_progress(self._done, n, f"{self.now:.0f} s simulated")
         return reqs
 
 

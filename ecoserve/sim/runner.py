@@ -14,6 +14,8 @@ from ecoserve.sim.cluster import Cluster, SimConfig, build, candidates
 from ecoserve.workload.arrivals import RateSteps, expected_arrivals, warp_to_steps
 from ecoserve.workload.workload import Request, WorkloadTemplate
 
+OnProgress = Callable[[int, "int | None", str], None]  # (done, total, detail); see ecoserve/cli/progress.py
+
 
 @dataclass
 class RunResult:
@@ -33,12 +35,14 @@ class RunResult:
 
 def simulate(
     cfg: SimConfig, requests: Sequence[Request], rate: float | None = None, *, stop_below: float | None = None,
-    setup: Callable[[Cluster], None] | None = None,
+    setup: Callable[[Cluster], None] | None = None, on_progress: OnProgress | None = None,
 ) -> RunResult:
     """One configuration, one workload. With ``stop_below``, the run ends as soon
     as attainment is sure to fall below that level (the rest count as misses):
     enough for a goodput search, which only asks "above or below?". ``setup``
-    gets the cluster before it runs (to add observers, see ``observer.py``)."""
+    gets the cluster before it runs (to add observers, see ``observer.py``).
+    ``on_progress(done, total, detail)``: requests done as the run goes
+    (``Simulator.run``)."""
     cluster = build(cfg)
     if setup is not None:
         setup(cluster)
@@ -47,7 +51,7 @@ def simulate(
     if stop_below is not None:
         sim.fail_budget = int((1.0 - stop_below) * len(requests))
     t0 = time.perf_counter()
-    states = cluster.sim.run(requests)
+    states = cluster.sim.run(requests, on_progress)
     wall = time.perf_counter() - t0
     records = [RequestRecord(s.arrival, s.prompt, s.output, s.first_token, s.finish, s.id) for s in states]
     summary = summarize(records, cfg.slo_ttft, cfg.slo_tpot)
@@ -96,19 +100,31 @@ def step_requests(template: WorkloadTemplate, steps: RateSteps) -> list[Request]
     return [Request(r.id, t, r.prompt_tokens, r.output_tokens) for r, t in zip(unit, times)]
 
 
-def run_best(cfg: SimConfig, requests: Sequence[Request], rate: float | None = None) -> RunResult:
+def run_best(cfg: SimConfig, requests: Sequence[Request], rate: float | None = None, *,
+             on_progress: OnProgress | None = None) -> RunResult:  # fmt: skip
     """``simulate`` each candidate configuration (``cluster.candidates``) and keep
-    the one with the highest attainment (ties: lower P90 TTFT)."""
+    the one with the highest attainment (ties: lower P90 TTFT).
+    ``on_progress(done, total, detail)``: requests done over all candidates."""
     best: RunResult | None = None
     tried = []
-    for cand in candidates(cfg):
-        res = simulate(cand, requests, rate)
+    cands = candidates(cfg)
+    for k, cand in enumerate(cands):
+        res = simulate(cand, requests, rate, on_progress=_of_candidate(on_progress, k, cands, len(requests)))
         tried.append({**_variant(cand), "attainment": res.attainment})
         if best is None or (res.attainment, -_p90(res)) > (best.attainment, -_p90(best)):
             best = res
     assert best is not None
     best.tried = tried if len(tried) > 1 else []
     return best
+
+
+def _of_candidate(on_progress: OnProgress | None, k: int, cands: list[SimConfig], n: int) -> OnProgress | None:
+    """Candidate ``k``'s progress as a share of all candidates' requests."""
+    if on_progress is None or len(cands) == 1:
+        return on_progress
+    label = " ".join(f"{key}={v}" for key, v in _variant(cands[k]).items())
+    return lambda done, _total, detail: on_progress(k * n + done, len(cands) * n,
+                                                    f"{label} ({k + 1}/{len(cands)}), {detail}")  # fmt: skip
 
 
 def _p90(res: RunResult) -> float:

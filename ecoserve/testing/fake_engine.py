@@ -49,7 +49,11 @@ class FakeEngine:
         publish: bool = True,
         honour_phases: bool = True,
         phase: str = "temporal",
+        decode_steps: bool = False,
     ) -> None:
+        """``decode_steps``: also publish a decode step record per token
+        interval of each stream, or per write when streaming as fast as it
+        can (what a dashboard draws as decode)."""
         self.model = model
         self.max_model_len = max_model_len
         self.kv_blocks, self.block_size = kv_blocks, block_size
@@ -58,6 +62,7 @@ class FakeEngine:
         self.write_batch = write_batch
         self.publish = publish
         self.honour_phases = honour_phases
+        self.decode_steps = decode_steps
         self.phase = phase
         self.phase_log: list[str] = []  # every phase commanded, in order
         self.requests: list[dict[str, Any]] = []  # bodies received
@@ -232,7 +237,8 @@ class FakeEngine:
                     f',"usage":{{"prompt_tokens":{prompt_len},"total_tokens":{prompt_len},"completion_tokens":0}}'
                     if continuous else "").encode() + b"}\n\n")  # fmt: skip
             step = next(self._step)
-            rec = StepRecord(step, time.time(), max(self.prefill_delay, 1e-4), "prefill", prompt_len, 1, 0, 0)
+            took = max(self.prefill_delay, 1e-4)
+            rec = StepRecord(step, time.time() - took, took, "prefill", prompt_len, 1, 0, 0)
             await self._push([rec])
             buf: list[bytes] = []
             for t in range(max_tokens):
@@ -246,10 +252,19 @@ class FakeEngine:
                     last = t == max_tokens - 1
                     buf.append(chunk(i, done, " tok", "length" if last else None))
                 if self.token_interval or len(buf) >= self.write_batch or t == max_tokens - 1:
+                    written = len(buf)
+                    t0 = time.time()
                     await resp.write(b"".join(buf))
                     buf.clear()
+                    if self.decode_steps and not self.token_interval:  # as fast as it can: a step per write
+                        await self._push([StepRecord(next(self._step), t0, time.time() - t0 + 1e-6, "decode", 0, 0,
+                                                     written, prompt_len + done)])  # fmt: skip
                 if self.token_interval:
+                    t0 = time.time()
                     await asyncio.sleep(self.token_interval)
+                    if self.decode_steps:
+                        await self._push([StepRecord(next(self._step), t0, time.time() - t0, "decode", 0, 0, 1,
+                                                     prompt_len + done)])  # fmt: skip
             if opts.get("include_usage"):
                 usage = (
                     f'{{"prompt_tokens":{prompt_len},"total_tokens":{prompt_len + done},"completion_tokens":{done}}}'
@@ -271,6 +286,25 @@ class FakeEngine:
         return resp
 
 
+class FakeEngineThread:
+    """A ``FakeEngine(**kw)`` (``publish=False``) on its own event loop thread, so
+    synchronous code (a CLI under test) can reach it at ``url``; ``close()`` stops it."""
+
+    def __init__(self, **kw: Any) -> None:
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.engine = FakeEngine(publish=False, **kw)
+        self.url = asyncio.run_coroutine_threadsafe(self.engine.start(), self.loop).result(10)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.engine.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m ecoserve.testing.fake_engine", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
@@ -280,12 +314,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--write-batch", type=int, default=64, help="tokens per write when streaming as fast as it can")
     p.add_argument("--prefill-delay", type=float, default=0.0, help="seconds before a request's first token")
     p.add_argument("--no-phases", action="store_true", help="ignore phase commands (stream regardless)")
+    p.add_argument("--decode-steps", action="store_true", help="publish a decode step record per token interval")
     args = p.parse_args(argv)
 
     async def run() -> None:
         fake = FakeEngine(
             model=args.model, token_interval=args.token_interval, write_batch=args.write_batch,
-            honour_phases=not args.no_phases, prefill_delay=args.prefill_delay,
+            honour_phases=not args.no_phases, prefill_delay=args.prefill_delay, decode_steps=args.decode_steps,
         )  # fmt: skip
         url = await fake.start(args.host, args.port)
         print(f"fake engine on {url}", flush=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 
 import pytest
 from click.testing import CliRunner
@@ -14,7 +13,7 @@ from click.testing import CliRunner
 from ecoserve.bench.loadgen import run_load
 from ecoserve.bench.prompts import PromptSynthesizer
 from ecoserve.cli import main
-from ecoserve.testing.fake_engine import FakeEngine
+from ecoserve.testing.fake_engine import FakeEngineThread
 from ecoserve.workload.workload import Request
 
 
@@ -41,25 +40,9 @@ def test_too_short_text_prompt_is_a_clear_error(synth):
         synth.text(synth.special)
 
 
-class _Background:
-    """A FakeEngine on its own event loop thread, so sync code can call it."""
-
-    def __init__(self, **kw) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.engine = FakeEngine(publish=False, **kw)
-        self.url = asyncio.run_coroutine_threadsafe(self.engine.start(), self.loop).result(10)
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.engine.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
 @pytest.fixture
 def fake():
-    bg = _Background(token_interval=0.005, prefill_delay=0.3)
+    bg = FakeEngineThread(token_interval=0.005, prefill_delay=0.3)
     yield bg
     bg.close()
 

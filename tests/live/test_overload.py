@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ecoserve.live.coordinator import Observer
+from ecoserve.live.observer import Observer
 from ecoserve.server.retry_after import IDLE_ADVICE_S, RetryAdvisor
 
 MAX_PENDING = 32

@@ -201,6 +201,36 @@ def test_status_contract(served):
     assert httpx.get(served.url + "/openapi.json").json()["paths"]["/v1/chat/completions"]
 
 
+def test_dashboard_shows_real_engines_prefill_windows(served, client):
+    """The page a user opens: after requests, a prefill window of a real engine
+    (its own step records) is drawn in its lane, and the policy's phase strip."""
+    from ecoserve.testing.browser import Browser
+
+    with Browser() as b:
+        b.goto(served.url + "/ecoserve/dashboard")
+        b.wait_for("window.ecoserveDashboard && window.ecoserveDashboard.state === 'live' "
+                   "&& document.querySelectorAll('.lane').length === 2")
+        b.eval("window.__before = document.querySelectorAll('.mark').length; true")
+
+        async def burst() -> None:
+            aclient = openai.AsyncOpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+            try:
+                await asyncio.gather(*(aclient.completions.create(model=served.model, prompt="hello " * 40,
+                                                                  max_tokens=16, extra_body={"ignore_eos": True})
+                                       for _ in range(8)))  # fmt: skip
+            finally:
+                await aclient.close()
+
+        asyncio.run(burst())
+        b.wait_for("document.querySelectorAll('.mark').length >= window.__before + 8", timeout=30)
+        lanes = b.wait_for("""(() => { const ls = [...document.querySelectorAll('.lane')]
+            .filter(l => l.querySelector('.seg[data-kind=prefill]') && l.querySelector('.seg[data-kind=decode]'));
+            return ls.length ? ls.map(l => l.dataset.engine) : null; })()""", timeout=30)
+        assert set(lanes) <= {i["id"] for i in served.status()["instances"]}
+        assert b.eval("document.querySelectorAll('.phase[data-phase=prefill]').length") > 0
+    _idle(served)
+
+
 def test_zz_sigterm_stops_every_engine(served):
     pids = [i["pid"] for i in served.status()["instances"]]
     served.proc.send_signal(signal.SIGTERM)

@@ -180,7 +180,7 @@ def test_cli_autoscale_prints_json_and_writes_the_timeline(tmp_path):
     res = CliRunner().invoke(simulate_cli, [*ARGS, "--json", "--timeline", str(tl), "--plot", str(png)],
                              catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)  # results only: progress (a run of seconds) goes to stderr
     assert out["policy"] == "ecoserve" and out["finished"] == out["num_requests"] > 0
     assert set(out["ttft"]) >= {"p50", "p90", "p99"} and 0 <= out["attainment"] <= 1
     assert out["rate_steps"] == [{"rate": 2.0, "seconds": 40.0}, {"rate": 8.0, "seconds": 40.0},
@@ -192,7 +192,7 @@ def test_cli_autoscale_prints_json_and_writes_the_timeline(tmp_path):
     assert {"windows", "events", "samples", "window_s"} <= set(timeline)
     assert sum(w["arrivals"] for w in timeline["windows"]) == out["num_requests"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    text = CliRunner().invoke(simulate_cli, ARGS, catch_exceptions=False).output
+    text = CliRunner().invoke(simulate_cli, ARGS, catch_exceptions=False).stdout
     assert "autoscaling: 1 ->" in text and "split" in text
 
 
@@ -206,4 +206,4 @@ def test_cli_autoscale_errors():
     assert "N_l" in err("run", "--rate", "2", "--autoscale", "--macro-min", "6", "--macro-max", "10")
     assert "not both" in err("run", "--rate", "2", "--rate-steps", "2:10")
     assert "RATE:SECONDS" in err("run", "--rate-steps", "2-10")
-    assert "--autoscale" in err("run", "--rate", "2", "--timeline", "x.json")
+    assert "--autoscale" in err("run", "--rate", "2", "--plot", "x.png")  # --timeline goes with any run now
