@@ -11,12 +11,19 @@ request joins), ``(t, instance, "phase", PREFILL|DECODE)``, ``(start, instance,
 batch, end, steps)`` for a stretch of decode steps.
 
     .venv/bin/python bench/analysis/trace_window.py codellama-34b longbench 2.48 min [k-th miss]
+
+With ``ECOSERVE_TIMELINE=run.html`` (or ``.png``) it also draws the run's engine
+timelines, the dashboard's picture, from a second observer on the same run
+(``ecoserve/sim/timeline.py``).
 """
+import os
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from ecoserve.sim import SimConfig, build, MODELS
 from ecoserve.sim.observer import SimObserver
+from ecoserve.sim.timeline import TimelineObserver
+from ecoserve.timeline.html import write
 from ecoserve.workload import WorkloadTemplate
 
 
@@ -47,7 +54,12 @@ reqs = tpl.at_rate(rate, tpl.count_for(rate, 120))
 cl = build(cfg)
 trace = Trace(cfg.slo_tpot)
 cl.sim.observers.append(trace)
+picture = TimelineObserver()
+picture.attach(cl)
 states = cl.sim.run(reqs)
+if os.environ.get("ECOSERVE_TIMELINE"):
+    print("timeline:", write(picture.document(title=f"ecoserve ({slack}), {model}, {ds}, {rate} req/s"),
+                             os.environ["ECOSERVE_TIMELINE"]))
 log = sorted(trace.log, key=lambda e: e[0])  # stable: same-time rows keep their order
 miss = [s for s in states if s.finish and s.first_token - s.arrival <= ttft and s.output > 1 and (s.finish - s.first_token)/(s.output-1) > 0.1]
 print(len(miss), "tpot misses of", len(states))

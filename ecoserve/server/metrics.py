@@ -19,7 +19,7 @@ from ecoserve.live import Coordinator, Observer
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60)
 _TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0)
-_PHASES = ("prefill", "decode", "mixed")
+_PHASES = ("prefill", "decode", "mixed", "chunked")
 
 
 class Metrics(Observer):
@@ -33,7 +33,7 @@ class Metrics(Observer):
                               buckets=_TPOT_BUCKETS, registry=r)  # fmt: skip
         self.routed = Counter("ecoserve_routing_decisions", "Requests routed, by reason and engine",
                               ["reason", "engine"], registry=r)  # fmt: skip
-        self.queued = Counter("ecoserve_queued", "Requests that had to wait, by the constraint that failed",
+        self.queued = Counter("ecoserve_queued_requests", "Requests that had to wait, by the constraint that failed",
                               ["reason"], registry=r)  # fmt: skip
         r.register(_StateCollector(coord))
 
@@ -64,7 +64,7 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "ecoserve_in_flight_requests", "Requests admitted and not finished", value=st["in_flight"]
         )
-        yield GaugeMetricFamily("ecoserve_prefill_predictor_correction",
+        yield GaugeMetricFamily("ecoserve_prefill_predictor_correction_ratio",
                                 "Observed/predicted prefill time ratio applied to predictions",
                                 value=st["predictor"]["correction"])  # fmt: skip
         # The targets as series, so a dashboard draws them beside the latency quantiles.
@@ -73,9 +73,9 @@ class _StateCollector(Collector):
         phase = GaugeMetricFamily("ecoserve_engine_phase", "1 for the phase the policy holds the engine in",
                                   labels=["engine", "phase"])  # fmt: skip
         running = GaugeMetricFamily(
-            "ecoserve_engine_running", "Requests with a first token, per engine", labels=["engine"]
+            "ecoserve_engine_running_requests", "Requests with a first token, per engine", labels=["engine"]
         )
-        waiting = GaugeMetricFamily("ecoserve_engine_waiting", "Requests routed, no first token yet", labels=["engine"])
+        waiting = GaugeMetricFamily("ecoserve_engine_waiting_requests", "Requests routed, no first token yet", labels=["engine"])
         healthy = GaugeMetricFamily("ecoserve_engine_healthy", "1 while the engine serves", labels=["engine"])
         kv = GaugeMetricFamily(
             "ecoserve_engine_kv_reserved_tokens", "KV tokens reserved by the policy", labels=["engine"]
