@@ -3,14 +3,14 @@
 span once it ends.
 
 Only an EcoServe front door keeps one: a stock vLLM server or a router is
-refused before the run starts (``check``), not after it. The server keeps the
+refused before the run starts (``check``), not after it. The run's span is
+taken on the server's clock, so a benchmark host whose clock is off neither
+pulls in the previous run nor cuts this one's start. The server keeps the
 last 15 minutes (``ecoserve.timeline.recorder.RETENTION_S``); a longer run's
 timeline starts later than the run.
 """
 
 from __future__ import annotations
-
-import time
 
 import httpx
 import msgspec
@@ -31,9 +31,15 @@ def _get(target: Target, since: float, timeout: float) -> httpx.Response:
     return r
 
 
-def check(target: Target, timeout: float = 10.0) -> None:
-    """Refuse a server that keeps no timeline, before any load is sent."""
-    _get(target, time.time(), timeout)
+def check(target: Target, timeout: float = 10.0) -> float:
+    """Refuse a server that keeps no timeline, before any load is sent. Returns
+    the server's time now (its clock, which its timeline uses): the ``since``
+    of this run's ``fetch``, whatever this machine's clock says."""
+    r = _get(target, 1e11, timeout)  # a time far ahead: an empty document, only its "end" matters
+    try:
+        return float(msgspec.json.decode(r.content)["end"])
+    except (msgspec.DecodeError, KeyError, TypeError, ValueError) as e:
+        raise TargetError(f"{target.base_url}/ecoserve/timeline sent no timeline document: {e}") from None
 
 
 def fetch(target: Target, since: float, *, title: str, timeout: float = 30.0) -> Timeline:

@@ -15,6 +15,7 @@ import click
 
 from ecoserve.cli.options import json_clean, parse_levels, rounded, run_json, workload_json, write_records
 from ecoserve.cli.progress import Progress, quiet_option
+from ecoserve.timeline.html import SUFFIXES
 
 
 def bench_options(f):
@@ -155,13 +156,12 @@ def run_cmd(rate, records_path, timeline_path, prompt_form, base_url, model, tok
         from ecoserve.bench import timeline as server_timeline
         from ecoserve.bench.target import TargetError
 
-        if Path(timeline_path).suffix.lower() not in (".html", ".png", ".json"):
+        if Path(timeline_path).suffix.lower() not in SUFFIXES:
             raise click.BadParameter("write FILE.html, FILE.png or FILE.json", param_hint="--timeline")
         try:
-            server_timeline.check(setup.target)
+            server_start = server_timeline.check(setup.target)  # the server's clock, not ours
         except TargetError as e:
             raise click.UsageError(f"--timeline: {e}") from None
-    started_wall = time.time()
     t0 = time.perf_counter()
     with Progress(f"{label} @ {eff:.3g} req/s", "requests", quiet=quiet) as bar:
         run = bench_once(setup.target, setup.template, eff, setup.synth, slo_ttft=setup.slo_ttft,
@@ -174,7 +174,7 @@ def run_cmd(rate, records_path, timeline_path, prompt_form, base_url, model, tok
 
         title = f"{label}, {setup.template.name}, {eff:.3g} req/s"
         try:
-            out["timeline"] = str(write(server_timeline.fetch(setup.target, started_wall, title=title),
+            out["timeline"] = str(write(server_timeline.fetch(setup.target, server_start, title=title),
                                         timeline_path))  # fmt: skip
         except TargetError as e:  # the results still print: the run is not lost for want of its picture
             click.echo(f"warning: --timeline: {e}", err=True)

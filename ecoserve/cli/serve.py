@@ -461,6 +461,7 @@ async def _main(coord, sock: socket.socket, api_key, max_body_bytes: int, log_le
                 server.force_exit = True
         else:
             server.force_exit = True
+        app.state.stopping = True  # open dashboards' event streams end now, not at uvicorn's timeout
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(serving, GRACEFUL_S + 5)

@@ -15,6 +15,7 @@ import click
 from ecoserve.cli.options import json_clean, parse_levels, policy_options, run_json, workload_json, write_records
 from ecoserve.cli.progress import Progress, quiet_option
 from ecoserve.policy.config import PAPER_POLICIES
+from ecoserve.timeline.html import SUFFIXES
 from ecoserve.policy.config import SIM_POLICIES as ALL_POLICIES
 
 PRESET_MODELS = ("llama-30b", "codellama-34b", "qwen2-72b")
@@ -246,7 +247,7 @@ def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, ma
         raise click.BadParameter("must be > 0", param_hint="--rate")
     if plot_path and not autoscale:
         raise click.UsageError("--plot of `run` goes with --autoscale (for any run: --timeline FILE.png)")
-    if timeline_path and Path(timeline_path).suffix.lower() not in (".html", ".png", ".json"):
+    if timeline_path and Path(timeline_path).suffix.lower() not in SUFFIXES:
         raise click.BadParameter("write FILE.html, FILE.png or FILE.json", param_hint="--timeline")
     engine_timeline = bool(timeline_path) and (Path(timeline_path).suffix.lower() != ".json" or not autoscale)
     if autoscale:

@@ -43,7 +43,7 @@ from ecoserve.live.admission import Admission, served_names
 from ecoserve.live.autoscaler import LiveScaling
 from ecoserve.live.fleet import EngineRecord, Fleet, LaunchSettings
 from ecoserve.live.generation import Generation, outcome_of
-from ecoserve.live.observer import Observer
+from ecoserve.live.observer import Observer, Observers
 from ecoserve.live.status import layout, status_document
 from ecoserve.live.tokenizer import EngineTokenizer, LocalTokenizer
 from ecoserve.metrics import tpot_of
@@ -124,7 +124,7 @@ class Coordinator:
         self.autoscale = config.mitosis if config.autoscale else None
         self.log_dir = Path(log_dir) if log_dir else _default_log_dir()
         self.tokenizer_path = tokenizer or self.model_path
-        self.observer: Observer = observer or Observer()
+        self.observer: Observer = Observers(*([observer] if observer is not None else []))
         self.predictor = config.predictor()
         self.router = config.build_router(self.predictor)
         self.planner = config.planner()

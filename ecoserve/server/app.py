@@ -2,10 +2,12 @@
 
 Routes: ``POST /v1/completions``, ``POST /v1/chat/completions`` (streaming
 and not), ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus),
-``GET /ecoserve/status``; the OpenAPI schema at ``/openapi.json``, docs at
-``/docs``. With an API key, ``/v1/*`` and ``/ecoserve/*`` need
-``Authorization: Bearer KEY``; ``/health`` and ``/metrics`` stay open (load
-balancers and scrapers).
+``GET /ecoserve/status``, the admin routes (``admin.py``), the dashboard and
+its timeline routes (``dashboard.py``); the OpenAPI schema at ``/openapi.json``,
+docs at ``/docs`` (``docs.py``). With an API key, ``/v1/*`` and ``/ecoserve/*``
+need ``Authorization: Bearer KEY``, except the dashboard's page, which holds
+no data and asks for the key; ``/health``, ``/metrics`` and ``/docs`` stay open
+(load balancers, scrapers, people).
 
 Nothing malformed gets past the front door: a request body must be JSON
 (``Content-Type: application/json``, or none: 415 otherwise) of at most
@@ -28,7 +30,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from ecoserve import __version__
-from ecoserve.live import CHAT, COMPLETIONS, Coordinator, Observer, Observers, RequestError
+from ecoserve.live import CHAT, COMPLETIONS, Coordinator, Observers, RequestError
 from ecoserve.server import errors
 from ecoserve.live.timeline import LiveTimeline
 from ecoserve.server.admin import admin_router
@@ -152,11 +154,12 @@ def create_app(coord: Coordinator, *, api_key: str | Sequence[str] | None = None
     add_cors(app, cors)  # after BodyGuard: outside it
     # The server's metrics observe beside whatever observer a Python-API user gave.
     # ... and the dashboard's timeline beside both.
-    coord.observer = Observers(*([] if type(coord.observer) is Observer else [coord.observer]), advisor, timeline)
+    coord.observer = Observers(coord.observer, advisor, timeline)
     app.state.coordinator = coord
     app.state.metrics = metrics
     app.state.timeline = timeline
     app.state.draining = False  # set by `ecoserve serve` on SIGTERM
+    app.state.stopping = False  # set by `ecoserve serve` as the server stops: event streams end
     auth = [Depends(_auth(api_key))]
     started = int(time.time())
 

@@ -5,13 +5,16 @@
                                          for what was recorded since, ``since=T``
                                          (wall-clock seconds) to start at T
     GET /ecoserve/timeline/stream        the same as server-sent events: a delta
-                                         every PUSH_S seconds, each one a document
+                                         every PUSH_S seconds, each one a document,
+                                         for STREAM_S seconds (then reconnect)
 
 The data routes sit behind the API key like every other ``/ecoserve`` route;
 the page asks for the key, keeps it in the tab's session storage and sends it
 as a header (an ``EventSource`` cannot, so the page reads the stream with
 ``fetch``). A page that is open costs one status read a second and one delta
-encode per push; nothing is computed for a page that is not.
+encode per push; nothing is computed for a page that is not. Streams end as
+the server stops (``app.state.stopping``), not during a drain: an operator
+watches the drain.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from ecoserve.timeline.document import encode
 from ecoserve.timeline.html import page
 
 PUSH_S = 0.5
+STREAM_S = 30.0  # a stream ends after this; the page reconnects with its cursor (a stuck client holds nothing long)
+LATEST_T = 1e11  # seconds since 1970 (year 5138): a later `since` is a typo, not a time
 
 
 def dashboard_router(timeline: LiveTimeline, auth: Callable[..., Awaitable[None]]) -> APIRouter:
@@ -40,27 +45,25 @@ def dashboard_router(timeline: LiveTimeline, auth: Callable[..., Awaitable[None]
         """The live dashboard page; it asks for the API key when the server has one."""
         return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
 
-    def document(after: int, since: float | None) -> bytes:
-        timeline.sample_if_stale()
-        doc = timeline.recorder.document(time.time(), after=after, since=since, title=timeline.title())
-        return encode(doc)
-
     @router.get("/timeline", dependencies=guarded)
-    async def timeline_doc(after: int = Query(0, ge=0), since: float | None = Query(None, ge=0)) -> Response:
+    async def timeline_doc(after: int = Query(0, ge=0),
+                           since: float | None = Query(None, ge=0, le=LATEST_T)) -> Response:  # fmt: skip
         """The timeline document (``ecoserve/timeline/document.py``), everything
         kept (about the last 15 minutes), or what came after ``after``."""
-        return Response(document(after, since), media_type="application/json")
+        return Response(encode(timeline.document(after=after, since=since)), media_type="application/json")
 
     @router.get("/timeline/stream", dependencies=guarded)
     async def timeline_stream(request: Request, after: int = Query(0, ge=0)) -> StreamingResponse:
-        """Server-sent events: ``data: <document>`` with what is new, every half second."""
+        """Server-sent events: ``data: <document>`` with what is new, every half
+        second, for at most 30 s (reconnect with ``after`` = the last ``seq``)."""
+        state = request.app.state
 
         async def events() -> AsyncIterator[bytes]:
-            cursor = after
-            while not request.app.state.draining:
-                body = document(cursor, None)
-                cursor = timeline.recorder.seq
-                yield b"data: " + body + b"\n\n"
+            cursor, ends = after, time.monotonic() + STREAM_S
+            while not getattr(state, "stopping", False) and time.monotonic() < ends:
+                doc = timeline.document(after=cursor)
+                cursor = doc.seq
+                yield b"data: " + encode(doc) + b"\n\n"
                 await asyncio.sleep(PUSH_S)
 
         return StreamingResponse(events(), media_type="text/event-stream",

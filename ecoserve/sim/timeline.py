@@ -7,7 +7,9 @@ live recorder's rule), marks each request where it was routed (its first
 EcoServe commanded and each request's TTFT and TPOT, and samples every engine's
 KV use on a fixed grid. Queue depth and requests in flight are counted from the
 requests' own times when the document is made: arrived and not yet routed is
-pending, routed and not finished is in flight.
+pending, routed and not finished is in flight, as live. (A request the policy
+rejected is never routed; it is not counted as pending: the simulator reports
+rejections in the run's stats.)
 
     obs = TimelineObserver()
     simulate(cfg, requests, rate, setup=obs.attach)
@@ -59,6 +61,7 @@ class TimelineObserver(SimObserver):
         self._arrivals: list[float] = []
         self._routed: dict[str, float] = {}
         self._finished: list[float] = []
+        self._phased: set[str] = set()
 
     def attach(self, cluster: Cluster) -> None:
         """``simulate(..., setup=obs.attach)``: watch this cluster's run."""
@@ -88,6 +91,9 @@ class TimelineObserver(SimObserver):
         self.marks.append(Mark(engine_id, now))
 
     def on_phase(self, engine_id: str, old: Phase, new: Phase, now: float) -> None:
+        if engine_id not in self._phased:  # its first switch: the phase it started the run in
+            self._phased.add(engine_id)
+            self.phases.append(PhaseChange(engine_id, 0.0, old.value))
         self.phases.append(PhaseChange(engine_id, now, new.value))
 
     def on_finish(self, req: SimRequest, now: float) -> None:

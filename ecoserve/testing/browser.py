@@ -60,7 +60,7 @@ class Browser:
         self.proc = subprocess.Popen(
             [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              "--no-first-run", "--no-default-browser-check", "--disable-extensions",
-             f"--remote-debugging-port={self.port}", "--remote-allow-origins=*", f"--user-data-dir={self._profile}",
+             f"--remote-debugging-port={self.port}", f"--user-data-dir={self._profile}",
              f"--window-size={width},{height}", "about:blank"],
             stdout=self._log, stderr=subprocess.STDOUT)  # fmt: skip
         self._ids = itertools.count(1)
@@ -100,7 +100,10 @@ class Browser:
         self._ws.send(json.dumps({"id": mid, "method": method, "params": params}))
         deadline = time.monotonic() + self.timeout
         while True:
-            msg = json.loads(self._ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+            left = deadline - time.monotonic()
+            if left <= 0:  # events kept coming, the answer did not
+                raise BrowserError(f"{method}: no answer in {self.timeout}s")
+            msg = json.loads(self._ws.recv(timeout=left))
             if msg.get("id") == mid:
                 if "error" in msg:
                     raise BrowserError(f"{method}: {msg['error']}")
@@ -114,9 +117,11 @@ class Browser:
         return res["result"].get("value")
 
     def goto(self, url: str) -> None:
+        """Navigate and wait until the new page has loaded (not the old one's readyState)."""
         self.call("Page.enable")
+        self.eval("window.__ecoserve_old_page = true")
         self.call("Page.navigate", url=url)
-        self.wait_for("document.readyState === 'complete'")
+        self.wait_for("!window.__ecoserve_old_page && document.readyState === 'complete'")
 
     def wait_for(self, expression: str, timeout: float | None = None) -> Any:
         """Until ``expression`` is truthy; its value. Raises with the expression on timeout."""

@@ -18,9 +18,10 @@ them by position):
 - ``PhaseChange``: ``[engine, time, phase]``: the phase the policy commanded;
 - ``Latency``: ``[time, ttft, tpot]``: a request finished (``tpot`` null for a
   one-token answer, ``ttft`` null when it never got a token);
-- ``Sample``: ``[time, pending, in_flight, {engine: [kv_used, state]}]``, with
-  ``kv_used`` the share of the engine's KV cache in use (0..1) and ``state``
-  ``serving``, ``draining`` or ``failed``.
+- ``Sample``: ``[time, pending, in_flight, {engine: [kv_used, state]}]``:
+  ``pending`` requests arrived and not yet routed, ``in_flight`` routed and not
+  finished (live and simulated alike), ``kv_used`` the share of the engine's KV
+  cache in use (0..1), ``state`` ``serving``, ``draining`` or ``failed``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ KINDS = ("prefill", "decode", "mixed")
 STATES = ("serving", "draining", "failed")
 
 
-class Segment(msgspec.Struct, array_like=True, frozen=True):
+class Segment(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
     engine: str
     start: float
     end: float
@@ -45,36 +46,36 @@ class Segment(msgspec.Struct, array_like=True, frozen=True):
     prefill_tokens: int
 
 
-class Mark(msgspec.Struct, array_like=True, frozen=True):
+class Mark(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
     engine: str
     time: float
 
 
-class PhaseChange(msgspec.Struct, array_like=True, frozen=True):
+class PhaseChange(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
     engine: str
     time: float
     phase: str
 
 
-class Latency(msgspec.Struct, array_like=True, frozen=True):
+class Latency(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
     time: float
     ttft: float | None
     tpot: float | None
 
 
-class Sample(msgspec.Struct, array_like=True, frozen=True):
+class Sample(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
     time: float
     pending: int
     in_flight: int
     engines: dict[str, tuple[float, str]]  # engine -> (kv_used 0..1, state)
 
 
-class Macro(msgspec.Struct, frozen=True):
+class Macro(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     engines: list[str]
 
 
-class Event(msgspec.Struct, frozen=True):
+class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A scaling or failure event (``added``, ``drained``, ``split``, ``merged``,
     ``failed``, ``replaced``, ...), as ``/ecoserve/status`` lists them."""
 
@@ -84,7 +85,7 @@ class Event(msgspec.Struct, frozen=True):
     detail: str | None = None
 
 
-class Timeline(msgspec.Struct, kw_only=True):
+class Timeline(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     version: str = VERSION
     source: str  # "live", "simulated" or "benchmark"
     title: str = ""
@@ -110,8 +111,13 @@ class Timeline(msgspec.Struct, kw_only=True):
         return seen
 
 
+class _Versioned(msgspec.Struct):
+    version: str = ""
+
+
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder(Timeline)
+_dec_version = msgspec.json.Decoder(_Versioned)
 
 
 def encode(doc: Timeline) -> bytes:
@@ -119,11 +125,12 @@ def encode(doc: Timeline) -> bytes:
 
 
 def decode(data: bytes | str) -> Timeline:
-    """Strict: a document of another shape or version is an error, never half-read."""
-    doc = _dec.decode(data)
-    if doc.version != VERSION:
-        raise ValueError(f"timeline version {doc.version!r}, expected {VERSION!r}")
-    return doc
+    """Strict: a document of another version (checked first, so its message says
+    so) or shape, unknown fields included, is an error, never half-read."""
+    version = _dec_version.decode(data).version
+    if version != VERSION:
+        raise ValueError(f"timeline version {version!r}, expected {VERSION!r}")
+    return _dec.decode(data)
 
 
 class LaneBuilder:

@@ -23,9 +23,13 @@ def _asset(name: str) -> str:
     return resources.files("ecoserve.timeline").joinpath("static", name).read_text(encoding="utf-8")
 
 
+SUFFIXES = (".html", ".png", ".json")  # what ``write`` can write
+
+
 def _script_safe(data: str) -> str:
-    """JSON inside <script>: no ``</script>`` or comment opener can end the block."""
-    return data.replace("</", "<\\/").replace("<!--", "<\\!--")
+    """JSON inside <script>: every ``<`` as ``\\u003c`` (still the same JSON string),
+    so no ``</script>`` or ``<!--`` can end or change the block."""
+    return data.replace("<", "\\u003c")
 
 
 def page(doc: Timeline | None, *, live: bool = False, base: str = "") -> str:
@@ -51,14 +55,14 @@ def write(doc: Timeline, path: str | Path) -> Path:
     (matplotlib, ``png.py``) or ``.json`` (the document itself)."""
     p = Path(path)
     suffix = p.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(f"a timeline is written as .html, .png or .json, not {p.name!r}")
     if suffix == ".html":
         p.write_text(page(doc), encoding="utf-8")
     elif suffix == ".png":
         from ecoserve.timeline.png import render_png
 
         render_png(doc, p)
-    elif suffix == ".json":
-        p.write_bytes(encode(doc))
     else:
-        raise ValueError(f"a timeline is written as .html, .png or .json, not {p.name!r}")
+        p.write_bytes(encode(doc))
     return p

@@ -4,7 +4,8 @@ papers, issues and terminals without a browser.
 Rule: the same panels, colours and order as ``static/dashboard.js``: engine
 lanes grouped by macro instance (steps by kind, the commanded phase as a thin
 strip, routed requests as ticks, scaling events as dashed lines), then queue,
-TTFT and TPOT against their SLOs, and KV use per engine.
+TTFT and TPOT against their SLOs, and KV use per engine; draining and failed
+stretches shaded.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from ecoserve.timeline.document import Timeline
 
 KIND = {"prefill": "#e8871e", "decode": "#3b7dd8", "mixed": "#8e5cc4"}
+STATE = {"draining": "#c9c9c9", "failed": "#d62828"}
 PHASE = {"prefill": "#e8871e", "decode": "#3b7dd8", "mixed": "#8e5cc4", "chunked": "#2a9d8f", "temporal": "#9aa0a6"}
 
 
@@ -53,6 +55,16 @@ def render_png(doc: Timeline, path: str | Path, *, dpi: int = 110) -> None:
             bars = [(rel(s.start), max(s.end - s.start, 1e-3)) for s in doc.segments if s.engine == e and s.kind == kind]
             if bars:
                 lanes.broken_barh(bars, (ly + 0.05, 0.65), facecolors=color, label=f"{kind} steps")
+    for e, ly in y_of.items():  # draining and failed stretches, shaded under the steps
+        run_start, run_state = None, None
+        for smp in [*doc.samples, None]:
+            st = smp.engines.get(e, (0.0, "serving"))[1] if smp is not None else None
+            if run_state is not None and st != run_state:
+                end = smp.time if smp is not None else doc.end
+                lanes.broken_barh([(rel(run_start), end - run_start)], (ly, 0.8), facecolors=STATE[run_state], zorder=0)
+                run_state = None
+            if st in STATE and run_state is None:
+                run_start, run_state = smp.time, st
     for e, ly in y_of.items():
         ps = [p for p in doc.phases if p.engine == e]
         for i, p in enumerate(ps):

@@ -63,10 +63,14 @@ def test_dashboard_refuses_without_the_key_then_draws_every_engine_live(served, 
         assert b.eval("window.ecoserveDashboard.state") == "refused"
         assert b.eval("document.querySelectorAll('.lane, .seg, .chart').length") == 0
         assert b.eval("sessionStorage.getItem('ecoserve-api-key')") is None  # a refused key is not kept
+        b.eval("new Promise(r => setTimeout(r, 1500))")  # the page's 1 s redraw must not draw under the form
+        assert b.eval("document.querySelectorAll('.lane, .seg, .chart').length") == 0
 
         _submit_key(b, KEY)
         b.wait_for("window.ecoserveDashboard.state === 'live' && document.querySelectorAll('.lane').length === 2")
-        assert b.eval("location.href").endswith("/ecoserve/dashboard")  # the key never goes into the URL
+        # The key never goes into a URL: not the page's, not any it fetched.
+        urls = b.eval("[location.href, ...performance.getEntriesByType('resource').map(e => e.name)]")
+        assert any("timeline/stream" in u for u in urls) and not any(KEY in u for u in urls), urls
         lanes = b.eval("[...document.querySelectorAll('.lane')].map(l => l.dataset.engine)")
         assert sorted(lanes) == ["engine-0", "engine-1"]
         assert b.eval("document.querySelectorAll('.slo-line[data-slo=ttft]').length") == 1
@@ -86,7 +90,8 @@ def test_dashboard_refuses_without_the_key_then_draws_every_engine_live(served, 
         assert b.eval("document.querySelectorAll('.dot').length") == 24  # every request's TTFT and TPOT
         after = _lane_phases(b)
         assert after != before
-        assert any("prefill" in ps for ps in after.values()), after
+        # A lane's strip shows a prefill window, then the phase it rests in after it.
+        assert any("prefill" in ps and ps.index("prefill") < len(ps) - 1 for ps in after.values()), after
 
         png = b.screenshot()
         (tmp_path / "dashboard.png").write_bytes(png)

@@ -77,5 +77,11 @@ def test_documents_round_trip_and_are_decoded_strictly():
     assert isinstance(again, Timeline)
     with pytest.raises(ValueError, match="version"):
         decode(encode(doc).replace(b"ecoserve-timeline/v1", b"ecoserve-timeline/v9"))
-    with pytest.raises(msgspec.ValidationError):
-        decode(b'{"source": "live", "start": 0, "end": 1, "slo_ttft": 1, "slo_tpot": 1, "segments": [["e0", 0]]}')
+    head = b'{"version": "ecoserve-timeline/v1", "source": "live", "start": 0, "end": 1, "slo_ttft": 1, "slo_tpot": 1'
+    with pytest.raises(msgspec.ValidationError):  # a segment of another shape
+        decode(head + b', "segments": [["e0", 0]]}')
+    with pytest.raises(msgspec.ValidationError):  # a field this version does not have
+        decode(head + b', "extra": 1}')
+    with pytest.raises(ValueError, match="version"):  # no version at all: not ours
+        decode(b'{"source": "live"}')
+    assert decode(head + b"}").segments == []

@@ -40,7 +40,7 @@
     apply(doc) {
       this.meta = doc;
       this.macros = doc.macros;
-      for (const s of doc.segments) this.segments.set(s[0] + "@" + s[1], s);
+      for (const s of doc.segments) this.segments.set(s[0] + "@" + s[1] + "@" + s[3], s);
       this.marks.push(...doc.marks); this.phases.push(...doc.phases);
       this.latencies.push(...doc.latencies); this.samples.push(...doc.samples);
       this.events = doc.events;
@@ -109,8 +109,21 @@
     return runs.filter(r => r[1] > r[0]);
   }
 
+  function byEngine(items, keep) { // engine -> its items that pass keep, in one pass
+    const m = new Map();
+    for (const it of items) {
+      if (!keep(it)) continue;
+      const e = it[0];
+      if (!m.has(e)) m.set(e, []);
+      m.get(e).push(it);
+    }
+    return m;
+  }
+
   function drawLanes(root, store, x, live) {
     const groups = store.groups();
+    const segsOf = byEngine(store.segments.values(), s => s[2] >= x.t0 && s[1] <= x.t1);
+    const marksOf = byEngine(store.marks, m => m[1] >= x.t0 && m[1] <= x.t1);
     const rows = groups.reduce((n, g) => n + 1 + g.engines.length, 0);
     const h = rows * LANE + 30;
     const svg = el("svg", { width: x.w + GUTTER + 10, height: h, class: "lanes", id: "lanes" }, root);
@@ -129,15 +142,13 @@
         for (const r of phaseRuns(store, eng, x.t0, x.t1))
           el("rect", { x: x(r[0]), y: 0, width: Math.max(1, x(r[1]) - x(r[0])), height: 3, fill: PHASE[r[2]] || "#999",
                        class: "phase", "data-phase": r[2] }, lane).appendChild(title("commanded phase: " + r[2]));
-        for (const s of store.segments.values()) {
-          if (s[0] !== eng || s[2] < x.t0 || s[1] > x.t1) continue;
+        for (const s of segsOf.get(eng) || []) {
           const a = Math.max(s[1], x.t0), b = Math.min(s[2], x.t1);
           el("rect", { x: x(a), y: 5, width: Math.max(1, x(b) - x(a)), height: 14, fill: KIND[s[3]],
                        class: "seg", "data-engine": eng, "data-kind": s[3] }, lane)
             .appendChild(title(s[3] + ": " + s[4] + " steps, " + s[5] + " prompt tokens, " + fmtSec(s[2] - s[1])));
         }
-        for (const m of store.marks) {
-          if (m[0] !== eng || m[1] < x.t0 || m[1] > x.t1) continue;
+        for (const m of marksOf.get(eng) || []) {
           el("path", { d: "M" + x(m[1]) + " 21 l-3 4 h6 z", class: "mark" }, lane);
         }
         y += LANE;
@@ -252,7 +263,7 @@
       start();
     };
     function draw() {
-      if (!store.meta) return;
+      if (!store.meta || state.state === "refused") return; // no data under the key form
       const now = store.meta.end + (Date.now() / 1000 - store.receivedAt);
       store.prune(now - 900);
       render(store, root, now - windowS, now, true);
@@ -264,7 +275,8 @@
       const hadKey = !!sessionStorage.getItem(KEY_STORE);
       let resp;
       try {
-        resp = await fetch(cfg.base + "/ecoserve/timeline/stream?after=" + store.seq, { headers: headers(), cache: "no-store" });
+        // relative to the page (/ecoserve/dashboard): right behind a proxy that adds a path prefix too
+        resp = await fetch(cfg.base + "timeline/stream?after=" + store.seq, { headers: headers(), cache: "no-store" });
       } catch (err) {
         status.textContent = "cannot reach the server; retrying"; setTimeout(start, 2000); return;
       }
