@@ -74,7 +74,9 @@ class BodyGuard:
     """ASGI middleware in front of every route with a body: refuses a body that
     is not JSON (415) or larger than ``max_body_bytes`` (413, before reading
     more than that), then replays the body it read to the app. A request with
-    no Content-Type is taken as JSON (curl --data-binary, simple clients)."""
+    no Content-Type is taken as JSON (curl --data-binary, simple clients),
+    unless it comes from a browser (an ``Origin`` header): a page on another
+    site may send an untyped body without a CORS preflight."""
 
     def __init__(self, app: Any, max_body_bytes: int = MAX_BODY_BYTES,
                  count: Callable[[str], None] = lambda outcome: None) -> None:  # fmt: skip
@@ -90,6 +92,11 @@ class BodyGuard:
         if ctype and not _is_json(ctype):
             return await self._refuse(scope, receive, send, 415, f"Unsupported Content-Type {ctype!r}: "
                                       "the request body must be JSON (Content-Type: application/json).")  # fmt: skip
+        if not ctype and b"origin" in headers:
+            # A browser sends an untyped body cross-origin without a CORS preflight:
+            # taken as JSON, any web page could POST to a keyless server on localhost.
+            return await self._refuse(scope, receive, send, 415, "A request from a browser (with an Origin header) "
+                                      "must say Content-Type: application/json.")  # fmt: skip
         limit = self.max_body_bytes
         too_big = f"The request body is larger than the server accepts ({limit} bytes)."
         declared = headers.get(b"content-length")

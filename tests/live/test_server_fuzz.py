@@ -278,6 +278,20 @@ async def test_json_without_content_type_and_json_variants_are_served():
             assert r.status_code == 200, (headers, r.text)
 
 
+async def test_an_untyped_body_from_a_browser_is_refused():
+    """No CORS preflight guards a cross-origin POST with an untyped body: it must
+    not be taken as JSON, or any web page could use a keyless local server."""
+    async with front_door() as (client, _, engine):
+        body = json.dumps({"prompt": "p", "max_tokens": 2}).encode()
+        r = await client.post(COMPLETIONS, content=body, headers={"origin": "https://evil.example"})
+        assert r.status_code == 415 and "Origin" in assert_openai_error(r)["message"]
+        r = await client.post("/ecoserve/engines", content=b"{}", headers={"origin": "https://evil.example"})
+        assert r.status_code == 415
+        assert engine.requests == []
+        r = await client.post(COMPLETIONS, content=body, headers={"origin": "https://app.example", "content-type": J})
+        assert r.status_code == 200  # a typed body from a page goes on (CORS decides what it may read)
+
+
 async def test_oversized_bodies_are_413():
     limit = 4096
     async with front_door(max_body_bytes=limit) as (client, _, engine):
