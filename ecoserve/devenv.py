@@ -128,7 +128,16 @@ def main(argv: list[str]) -> int:
     # The main job: two local CPU engines on a generated tiny model behind one
     # OpenAI-compatible endpoint (extra arguments go to `ecoserve serve`).
     serve = [str(py), "-m", "ecoserve.cli", "serve", "--model", str(ROOT / ".cache/models/tiny"),
-             "--generate-model", "tiny", "--engines", "2", *rest]
+             "--generate-model", "tiny", "--engines", "2"]
+    # SLOs for the tiny model on CPU (steps of ~5-15 ms), so that a few requests a
+    # second make the engines take turns on the dashboard; serve's defaults (5 s,
+    # 100 ms: the paper's ShareGPT SLOs for a 34B model on a GPU) leave one engine
+    # doing everything. Flags given after `run` win.
+    ours = rest[: rest.index("--")] if "--" in rest else rest  # after "--": the engines' arguments
+    for flag, value in (("--slo-ttft", "1"), ("--slo-tpot", "0.025")):
+        if not any(a == flag or a.startswith(flag + "=") for a in ours):
+            serve += [flag, value]
+    serve += rest
     if "--" not in rest:
         serve += ["--", "--max-model-len", "512", "--enforce-eager"]
     return subprocess.call(serve, cwd=ROOT)

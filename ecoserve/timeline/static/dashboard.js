@@ -231,7 +231,7 @@
               m.slo_tpot, fmtSec, live);
     const engines = store.engines();
     drawChart(root, x, "kv use", engines.map(e => ({ name: e, points: s.filter(v => v[3][e]).map(v => [v[0], v[3][e][0]]) })),
-              null, v => Math.round(v * 100) + "%", live);
+              null, v => (v >= 0.1 || v === 0 ? Math.round(v * 100) : (v * 100).toFixed(v >= 0.01 ? 1 : 2)) + "%", live);
   }
 
   // ---- live: key, first document, then a stream of deltas ------------------------------
@@ -287,11 +287,11 @@
       if (!resp.ok) { status.textContent = "error " + resp.status + "; retrying"; setTimeout(start, 2000); return; }
       state.state = "live";
       const reader = resp.body.getReader(), dec = new TextDecoder();
-      let buf = "";
+      let buf = "", ended = false;
       try {
         for (;;) {
           const { value, done } = await reader.read();
-          if (done) break;
+          if (done) { ended = true; break; } // the server ends each stream after a while: go on at once
           buf += dec.decode(value, { stream: true });
           let i;
           while ((i = buf.indexOf("\n\n")) >= 0) {
@@ -301,6 +301,7 @@
           }
         }
       } catch (err) { /* the connection broke: reconnect below */ }
+      if (ended) { start(); return; }
       state.state = "reconnecting";
       status.textContent = "disconnected; reconnecting";
       setTimeout(start, 1000);
