@@ -75,8 +75,16 @@ def run_json(policy: str, rate: float, summary: dict, **rest: Any) -> dict:
         "finished": s["finished"],
         "ttft_attainment": s["ttft_attainment"],
         "tpot_attainment": s["tpot_attainment"],
+        **_prefix_fields(rest.get("stats")),
         **rest,
     }
+
+
+def _prefix_fields(stats: dict | None) -> dict:
+    """A simulated run's prefix caching, at the top level (the contract's place)."""
+    if not stats or "prefix_hit_rate" not in stats:
+        return {}
+    return {"prefix_hit_rate": round(stats["prefix_hit_rate"], 6), "prefill_tokens_computed": stats["prefill_tokens_computed"]}
 
 
 def workload_json(template) -> dict:

@@ -59,8 +59,9 @@ def common_options(f):
                      help="Instances (nodes of TP GPUs). FuDG baselines split the same GPUs into pools."),
         click.option("--dataset", default="sharegpt", show_default=True,
                      help="alpaca | sharegpt | longbench (synthetic lengths with the paper's means), azure (the "
-                          "Azure conversation trace shipped in the package), or PATH of an Azure CSV / Mooncake "
-                          "JSONL trace (plain or .gz)."),
+                          "Azure conversation trace shipped in the package), mooncake (Mooncake's synthetic trace "
+                          "with prefix-block hashes, shipped too), or PATH of an Azure CSV / Mooncake JSONL trace "
+                          "(plain or .gz)."),
         click.option("--replay/--no-replay", default=True, show_default=True,
                      help="Traces: replay their timestamps (time-scaled to --rate if given), or use them only "
                           "as an empirical length distribution under Poisson/Gamma arrivals."),
@@ -86,6 +87,13 @@ def common_options(f):
         click.option("--pd-ratio", default=None, callback=_ratio_arg,
                      help="Mooncake prefill:decode instances, e.g. 3:5. Default: every split is tried and the "
                           "best is kept."),
+        click.option("--prefix-cache/--no-prefix-cache", "prefix_cache", default=None,
+                     help="Prefix caching in every engine, every policy alike (vLLM's automatic prefix caching: "
+                          "an LRU of 512-token blocks as large as the KV memory). Default: on when the trace "
+                          "has block hashes (Mooncake's hash_ids, e.g. --dataset mooncake)."),
+        click.option("--prefix-routing/--no-prefix-routing", "prefix_routing", default=True, show_default=True,
+                     help="EcoServe: route a request to the instance holding the longest prefix of its prompt, "
+                          "inside the constraint check (with --prefix-cache)."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
     ]
     for o in reversed(opts):
@@ -114,7 +122,8 @@ def simulate() -> None:
 
 
 def _setup(model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft, slo_tpot, burstiness, num_requests, seed,
-           slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio, policy="ecoserve"):
+           slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio, policy="ecoserve", *,
+           prefix_cache=None, prefix_routing=True):  # fmt: skip
     from ecoserve.sim import SimConfig
     from ecoserve.sim.specs import MODELS
     from ecoserve.workload import WorkloadTemplate, default_slo
@@ -129,7 +138,9 @@ def _setup(model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft
     cfg = SimConfig(policy=policy, model=model, hardware=hardware, tp=tp, cost_model=cost_model, instances=instances,
                     slo_ttft=slo_ttft or d_ttft, slo_tpot=slo_tpot or d_tpot, slack_mode=slack_mode,
                     output_reservation=output_reservation, decode_margin_s=decode_margin_s,
-                    macro_size=macro_size, chunk_size=chunk_size, pd_ratio=pd_ratio)
+                    macro_size=macro_size, chunk_size=chunk_size, pd_ratio=pd_ratio,
+                    prefix_cache=template.has_blocks if prefix_cache is None else prefix_cache,
+                    prefix_routing=prefix_routing)  # fmt: skip
     return cfg, template
 
 
@@ -228,7 +239,8 @@ def _write_engine_timeline(path: str, res, requests, rate: float, policy: str, d
 def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, max_instances, macro_min,
             launch_delay, scale_interval, scale_cooldown, ttft_window, scale_in_hold, timeline_path, window_s,
             plot_path, model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft, slo_tpot,
-            burstiness, num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio, as_json, quiet):
+            burstiness, num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio,
+            prefix_cache, prefix_routing, as_json, quiet):
     """Simulate one policy at one rate (or a stepped load): attainment and
     TTFT/TPOT percentiles; with --autoscale, mitosis scaling and its timeline.
     A run longer than a few seconds shows its progress on stderr (-q: not)."""
@@ -238,7 +250,8 @@ def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, ma
     from ecoserve.sim.runner import step_requests
 
     cfg, template = _setup(model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft, slo_tpot, burstiness,
-                           num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio, policy)
+                           num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio, policy,
+                           prefix_cache=prefix_cache, prefix_routing=prefix_routing)
     if rate_steps is not None and rate is not None:
         raise click.UsageError("give --rate or --rate-steps, not both")
     if rate is None and rate_steps is None and not template.replay:
@@ -352,7 +365,7 @@ def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, ma
 def sweep_cmd(policies, levels, tolerance, min_duration, start_rate, rates, plot_path, quiet, model, hardware, tp,
               cost_model, instances,
               dataset, replay, slo_ttft, slo_tpot, burstiness, num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size,
-              chunk_size, pd_ratio, as_json):
+              chunk_size, pd_ratio, prefix_cache, prefix_routing, as_json):
     """Goodput of each policy: the highest rate at which P50/P90/P99 of requests
     meet both SLOs, found by raising the rate until attainment fails and then
     bisecting. Baselines are tried in each of their configurations (Sarathi
@@ -370,7 +383,8 @@ def sweep_cmd(policies, levels, tolerance, min_duration, start_rate, rates, plot
     lv = parse_levels(levels)
     extra = [float(x) for x in rates.split(",")] if rates else []
     base, template = _setup(model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft, slo_tpot, burstiness,
-                            num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio)
+                            num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio,
+                            prefix_cache=prefix_cache, prefix_routing=prefix_routing)
     bar = Progress("simulating", "policies", len(names), quiet=quiet)
     results = []
     t0 = time.perf_counter()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ecoserve.policy.constraints import ConstraintChecker, SlackMode
 from ecoserve.policy.least_loaded import LeastLoadedRouter
+from ecoserve.policy.longest_prefix import LongestPrefixRouter
 from ecoserve.policy.mitosis import MitosisConfig, MitosisPlanner
 from ecoserve.policy.overall import OverallScheduler
 from ecoserve.policy.predictor import PrefillTimePredictor
@@ -31,8 +32,10 @@ POLICIES = ("ecoserve", "round-robin", "least-loaded")
 # the simulator (sim/cluster.py), which also runs the live routing baselines.
 PAPER_POLICIES = ("ecoserve", "vllm", "sarathi", "distserve", "mooncake")
 # Ablations, in the simulator only: ``sarathi-dyn`` is Sarathi whose every step's
-# prompt budget comes from the decoders' slack (policy.chunk_budget).
-ABLATIONS = ("sarathi-dyn",)
+# prompt budget comes from the decoders' slack (policy.chunk_budget);
+# ``prefix-oracle`` routes to the engine whose real prefix cache holds the most
+# of the prompt (policy.longest_prefix), the bound prefix-aware routing is held to.
+ABLATIONS = ("sarathi-dyn", "prefix-oracle")  # prefix-oracle: the longest cached prefix, seen exactly
 # Routers under evaluation, simulator only until they win there: ``ecoserve-trickle``
 # is trickle-first instance scheduling (policy/trickle.py).
 EXPERIMENTAL = ("ecoserve-trickle",)
@@ -87,7 +90,7 @@ class PolicyConfig:
     decode_points: tuple[tuple[int, int, float], ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES + EXPERIMENTAL:
+        if self.policy not in POLICIES + EXPERIMENTAL + ("longest-prefix",):
             raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
         if self.trickle_budget < 1:
             raise ValueError("trickle_budget must be >= 1")
@@ -120,6 +123,8 @@ class PolicyConfig:
             return RoundRobinRouter()
         if self.policy == "least-loaded":
             return LeastLoadedRouter()
+        if self.policy == "longest-prefix":
+            return LongestPrefixRouter()
         predictor = predictor or self.predictor()
         checker = ConstraintChecker(
             self.slo, predictor, slack_mode=self.slack_mode,

@@ -4,7 +4,8 @@ Three tests, in the paper's order; the first that fails is reported:
 
 1. TTFT. t_total = predicted prefill time of the instance's open window
    (requests routed at or after its last switch into prefill, each predicted
-   when it was routed) plus r's. Fails
+   when it was routed) plus r's (of the part of its prompt the instance's
+   prefix cache does not hold, ``predicted_prefill``). Fails
    if t_total > TTFT SLO. A request alone in a fresh window always passes:
    nothing could serve it sooner, and refusing would leave it pending forever.
 2. TPOT. The decode stall still to come is the window's remaining predicted
@@ -91,8 +92,12 @@ class ConstraintChecker:
             self.on_check(inst, req, res, now)
         return res
 
+    def predicted_prefill(self, inst: InstanceState, req: RequestState) -> float:
+        """r's prefill on ``inst``: of the part its prefix cache does not hold."""
+        return self.predictor.predict_uncached(req.prompt_tokens, inst.cached_tokens(req))
+
     def check(self, inst: InstanceState, req: RequestState, now: float) -> CheckResult:
-        mine = self.predictor.predict(req.prompt_tokens)
+        mine = self.predicted_prefill(inst, req)
         window_pred = inst.window_pred if inst.window_start is not None else 0.0
         # Prompts trickling there (policy/trickle.py) are prefilled first by the
         # window too; always none under Algorithm 1.

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ecoserve.policy.phase import Phase
+from ecoserve.policy.prefix_index import PrefixIndex
 from ecoserve.policy.request import RequestState
 
 
@@ -51,6 +52,9 @@ class InstanceState:
     dec_tokens: int = 0
     dec_tfirst: float = 0.0
     kv_used: int = 0  # prompt + output tokens held by its requests (not reservations)
+    # The policy's estimate of the engine's prefix cache (policy/prefix_index.py);
+    # None: prefixes are not considered.
+    prefix: PrefixIndex | None = None
     # min over decoders of (TPOT * tokens + t_first), for one TPOT; None: stale.
     # Cached because a routing walk or a re-offer checks an instance many times
     # between two changes of its decoders.
@@ -68,6 +72,12 @@ class InstanceState:
     @property
     def kv_free(self) -> int:
         return self.kv_capacity_tokens - self.kv_reserved
+
+    def cached_tokens(self, req: RequestState) -> int:
+        """Prompt tokens of ``req`` this instance's prefix cache is thought to hold."""
+        if self.prefix is None or not req.blocks:
+            return 0
+        return self.prefix.cached_tokens(req.blocks, req.prompt_tokens)
 
     def in_window(self, req: RequestState) -> bool:
         return self.window_start is not None and req.window == self.window_seq

@@ -28,18 +28,25 @@ class LeastLoadedRouter(TrackingRouter):
         super().__init__()
         self._start = 0
 
+    def rank(self, inst: InstanceState, req: RequestState) -> tuple[float, ...]:
+        """Lower is better; the first lowest in the rotating scan wins."""
+        return (load_score(inst),)
+
+    def reason(self, rank: tuple[float, ...]) -> str:
+        return "least_loaded"
+
     def choose(self, req: RequestState, now: float) -> tuple[InstanceState | None, Constraint | str]:
         n = len(self._order)
         best: InstanceState | None = None
-        best_score = float("inf")
+        best_rank: tuple[float, ...] = ()
         for k in range(n):
             inst = self._instances[self._order[(self._start + k) % n]]
             if not inst.accepting:
                 continue
-            score = load_score(inst)
-            if score < best_score:
-                best, best_score = inst, score
+            rank = self.rank(inst, req)
+            if best is None or rank < best_rank:
+                best, best_rank = inst, rank
         if best is None:
             return None, Constraint.NO_INSTANCE
         self._start = (self._start + 1) % n
-        return best, "least_loaded"
+        return best, self.reason(best_rank)

@@ -6,6 +6,10 @@ constraint check. Consecutive requests therefore pile onto one instance until
 its TTFT budget or its decoders' slack runs out; routing then moves on while
 that instance goes back to decoding. That is rolling activation.
 
+Prefixes: a request whose prompt an instance already holds (its prefix cache,
+``InstanceState.prefix``) tries that instance first, inside the same check; the
+cyclic walk follows if it does not fit.
+
 Phases: routing a request to an instance that is not in a prefill window opens
 one (``SetPhase(PREFILL)``); once every request of the window has its first
 token the window closes (``SetPhase(DECODE)``) and its requests join the
@@ -25,11 +29,14 @@ from ecoserve.policy.tracking import TrackingRouter
 class MacroInstance(TrackingRouter):
     resting_phase = Phase.DECODE  # an instance's phase outside its prefill windows
 
-    def __init__(self, checker: ConstraintChecker, name: str = "m0") -> None:
+    def __init__(self, checker: ConstraintChecker, name: str = "m0", *, affinity_min_tokens: int = 512) -> None:
         super().__init__()
         self.checker = checker
         self.name = name
         self._cursor = 0  # index in _order of the instance that took the previous request
+        # A cached prefix at least this long makes its holder tried first (one
+        # 512-token block: what vLLM and Mooncake reuse at the least).
+        self.affinity_min_tokens = affinity_min_tokens
 
     def kv_need(self, req: RequestState) -> int:
         return self.checker.kv_need(req)
@@ -46,17 +53,39 @@ class MacroInstance(TrackingRouter):
         order = self._order
         n = len(order)
         first_failure: Constraint | None = None
-        for k in range(n):
-            idx = (self._cursor + k) % n
+        walk = [(self._cursor + k) % n for k in range(n)]
+        if req.blocks:
+            walk = self._by_prefix(req, walk)
+        for idx in walk:
             inst = self._instances[order[idx]]
             if not inst.accepting:
                 continue
             failed = self.checker.checked(inst, req, now).failed
             if failed is None:
+                if inst.cached_tokens(req) >= self.affinity_min_tokens:
+                    return inst, "prefix"  # an affinity detour: rolling activation's cursor stays
                 self._cursor = idx
                 return inst, "fits"
             first_failure = first_failure or failed
         return None, first_failure or Constraint.NO_INSTANCE
+
+    def best_cached_tokens(self, req: RequestState) -> int:
+        """The longest prefix of ``req`` any accepting instance here holds (tokens)."""
+        return max((i.cached_tokens(req) for i in self._instances.values() if i.accepting), default=0)
+
+    def _by_prefix(self, req: RequestState, walk: list[int]) -> list[int]:
+        """Prefix affinity inside the constraint check: instances holding at least
+        ``affinity_min_tokens`` of the prompt first, longest first (ties: the
+        cyclic order); then the cyclic walk. Each still has to pass the check, so
+        a hot prefix spills to the next instance once its holder would miss an
+        SLO, rather than pinning its traffic there."""
+        cached = {idx: self._instances[self._order[idx]].cached_tokens(req) for idx in walk}
+        warm = [idx for idx in walk if cached[idx] >= self.affinity_min_tokens]
+        if not warm:
+            return walk
+        warm.sort(key=lambda idx: -cached[idx])  # stable: ties keep the cyclic order
+        first = set(warm)
+        return warm + [idx for idx in walk if idx not in first]
 
     def detach_instance(self, instance_id: str) -> InstanceState:
         idx = self._order.index(instance_id)
@@ -70,7 +99,10 @@ class MacroInstance(TrackingRouter):
     # -- phase windows ---------------------------------------------------------------
 
     def on_placing(self, inst: InstanceState, req: RequestState, now: float) -> tuple[list[Action], bool]:
-        req.predicted_prefill = self.checker.predictor.predict(req.prompt_tokens)
+        req.cached_tokens = inst.cached_tokens(req)
+        req.predicted_prefill = self.checker.predicted_prefill(inst, req)
+        if inst.prefix is not None and req.blocks:
+            inst.prefix.insert(req.blocks)  # the engine will hold them once it prefilled
         if inst.window_start is not None:
             return [], True
         inst.open_window(now)

@@ -168,8 +168,10 @@ class OverallScheduler(Router):
             self._new_macro()
         n = len(self.macros)
         first_failure: Constraint | None = None
-        for k in range(n):
-            idx = (self._cursor + k) % n
+        walk = [(self._cursor + k) % n for k in range(n)]
+        if req.blocks and n > 1:  # the macro instance holding the longest prefix first (stable: ties cyclic)
+            walk.sort(key=lambda i: -self.macros[i].best_cached_tokens(req))
+        for idx in walk:
             m = self.macros[idx]
             if m.pending_len():
                 first_failure = first_failure or Constraint.QUEUE

@@ -74,6 +74,17 @@ class PrefillTimePredictor:
     def predict(self, prompt_tokens: int) -> float:
         return self.base(prompt_tokens) * self.correction
 
+    def predict_uncached(self, prompt_tokens: int, cached_tokens: int) -> float:
+        """Prefill of a prompt whose first ``cached_tokens`` are in the prefix
+        cache: the rest is computed, and its attention still spans the whole
+        context. Under a cost that grows with the prompt (linear layers per
+        token, attention per token and context so far), that is the whole
+        prompt's cost less the cached part's, plus one step's fixed cost."""
+        if cached_tokens <= 0:
+            return self.predict(prompt_tokens)
+        fixed = self.base(0)
+        return max(self.base(prompt_tokens) - self.base(cached_tokens) + fixed, fixed) * self.correction
+
     def observe(self, prompt_tokens: int, seconds: float) -> None:
         """Fold in one measured prefill (e.g. from an engine's step record)."""
         self._fold(seconds, self.base(prompt_tokens))

@@ -22,6 +22,10 @@ class RequestState:
     kv_reserved: int = 0  # tokens of KV this request holds a reservation for
     predicted_prefill: float = 0.0  # seconds, predicted when it was routed
     trickled: bool = False  # routed outside any window, to be prefilled in chunks beside decodes
+    # Hashes of the prompt's full blocks (policy/prefix_index.py): what an
+    # instance's prefix cache may already hold. Empty: unknown, nothing reused.
+    blocks: tuple[int, ...] = ()
+    cached_tokens: int = 0  # prompt tokens predicted to come from its instance's cache, when routed
 
     def __post_init__(self) -> None:
         if self.prompt_tokens < 0 or self.max_output_tokens < 1:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field, replace
 from ecoserve.policy import SLO, InstanceState, MitosisConfig, PolicyConfig
 from ecoserve.policy.chunk_budget import ChunkBudgetRule
 from ecoserve.policy.config import require_macros
+from ecoserve.policy.prefix_index import PrefixIndex
 from ecoserve.policy.config import SIM_POLICIES as POLICIES
 from ecoserve.sim.autoscale import SimAutoscaler
 from ecoserve.sim.core import RouterDriver, Simulator
@@ -47,6 +48,7 @@ from ecoserve.sim.engine import SimEngine
 from ecoserve.sim.engine_model import EngineModel, ProfileModel, RooflineModel
 from ecoserve.sim.fudg import FuDGDriver, Link
 from ecoserve.sim.specs import HARDWARE, MODELS, default_tp
+from ecoserve.workload.traces import BLOCK_TOKENS
 
 # Static budgets a chunked baseline is tried at (its best is kept). 64 and 128: under the measured
 # cost model the best budget was the smallest tried (128) in every L20 cell, so smaller ones are tried too.
@@ -59,6 +61,7 @@ _NODG = {  # policy: (engine behaviour, router); "stock" is sarathi at stock_bud
     "sarathi-dyn": ("sarathi", "least-loaded"),  # + the slack-derived budget (ChunkBudgetRule)
     "round-robin": ("stock", "round-robin"),
     "least-loaded": ("stock", "least-loaded"),
+    "prefix-oracle": ("stock", "longest-prefix"),  # reads the engines' real prefix caches
 }
 
 
@@ -82,6 +85,12 @@ class SimConfig:
     pd_ratio: tuple[int, int] | None = None  # Mooncake prefill:decode nodes; None: best of all
     distserve_layout: tuple[int, int, int, int] | None = None  # per node (n_p, tp_p, n_d, tp_d); None: best
     max_num_seqs: int = 256  # vLLM's default
+    # Prefix caching (vLLM's automatic prefix caching) in every engine, every
+    # policy alike; it matters only for requests with block hashes (a trace's).
+    prefix_cache: bool = False
+    # EcoServe's routing prefers the instance holding a request's prefix (inside
+    # the constraint check); off: it routes as if prompts shared nothing.
+    prefix_routing: bool = True
     # Mitosis autoscaling (EcoServe only); the planner's knobs are MitosisConfig's
     autoscale: bool = False
     min_instances: int = 1
@@ -166,6 +175,12 @@ class SimConfig:
             return self.chunk_size or stock_budget(self)
         return None
 
+    def prefix_index(self, capacity_tokens: int) -> PrefixIndex | None:
+        """EcoServe's estimate of one engine's prefix cache (None: no prefix routing)."""
+        if not (self.prefix_cache and self.prefix_routing and self.policy in ("ecoserve", "ecoserve-trickle")):
+            return None
+        return PrefixIndex(max(1, capacity_tokens // BLOCK_TOKENS), BLOCK_TOKENS)
+
     def describe(self) -> dict:
         out = {"policy": self.policy, "model": self.model, "hardware": self.hardware, "tp": self.tp_,
                "cost_model": self.cost_model if self.model in MODELS else "profile",
@@ -177,6 +192,10 @@ class SimConfig:
         if self.policy == "distserve" and self.distserve_layout:
             n_p, tp_p, n_d, tp_d = self.distserve_layout
             out["distserve_layout"] = f"{n_p}xP(tp{tp_p})+{n_d}xD(tp{tp_d}) per node"
+        if self.prefix_cache:
+            out["prefix_cache"] = True
+            if self.policy in ("ecoserve", "ecoserve-trickle"):
+                out["prefix_routing"] = self.prefix_routing
         if self.autoscale:
             out["autoscale"] = {
                 "min_instances": self.min_instances, "max_instances": self.max_instances,
@@ -281,11 +300,11 @@ def build(cfg: SimConfig) -> Cluster:
 
         def new_engine(eid: str) -> SimEngine:
             return SimEngine(sim, eid, model, "phased", token_budget=budget, max_num_seqs=cfg.max_num_seqs,
-                             node=int(eid[1:]))  # fmt: skip
+                             node=int(eid[1:]), prefix_cache=cfg.prefix_cache)  # fmt: skip
 
         engines = [new_engine(f"i{k}") for k in range(cfg.instances)]
         for k, e in enumerate(engines):
-            inst = InstanceState(e.id, e.capacity, max_requests=e.max_num_seqs)
+            inst = InstanceState(e.id, e.capacity, max_requests=e.max_num_seqs, prefix=cfg.prefix_index(e.capacity))
             router.add_instance(inst, 0.0, macro=pcfg.starting_macro(k, cfg.instances))
         info = {"macro_instances": pcfg.starting_layout(cfg.instances)}
     else:
@@ -295,11 +314,13 @@ def build(cfg: SimConfig) -> Cluster:
             mode = "sarathi"
         engines = [
             SimEngine(sim, f"i{k}", model, mode, token_budget=budget, max_num_seqs=cfg.max_num_seqs, node=k,
-                      **_dynamic_budget(cfg, model, budget, pcfg))  # fmt: skip
+                      prefix_cache=cfg.prefix_cache, **_dynamic_budget(cfg, model, budget, pcfg))  # fmt: skip
             for k in range(cfg.instances)
         ]
         for e in engines:
-            router.add_instance(InstanceState(e.id, e.capacity), 0.0)
+            # The oracle sees each engine's real cache (read only: LongestPrefixRouter never inserts).
+            seen = e.prefix_cache if cfg.policy == "prefix-oracle" else None
+            router.add_instance(InstanceState(e.id, e.capacity, prefix=seen), 0.0)
         info = {"router": rname, "engine": mode}
         if budget:
             info["chunk_size"] = budget
@@ -351,7 +372,8 @@ def _build_fudg(cfg: SimConfig, sim: Simulator) -> Cluster:
         for k in range(cfg.instances):
             pool = prefill if k < n_p else decode
             mode = "prefill" if k < n_p else "decode"
-            pool.append(SimEngine(sim, f"{mode[0]}{k}", model, mode, max_num_seqs=cfg.max_num_seqs, node=k))
+            pool.append(SimEngine(sim, f"{mode[0]}{k}", model, mode, max_num_seqs=cfg.max_num_seqs, node=k,
+                                  prefix_cache=cfg.prefix_cache and mode == "prefill"))  # fmt: skip
             links[k] = [Link(f"nic{k}", hw.net_bytes_per_s, hw.net_latency_s)]
         scope = "cluster"
         kvb = model.kv_bytes_per_token
@@ -367,7 +389,8 @@ def _build_fudg(cfg: SimConfig, sim: Simulator) -> Cluster:
         bw = hw.intra_gbps * 1e9 * hw.link_eff * min(tp_p, tp_d)
         for node in range(cfg.instances):
             for j in range(n_p):
-                prefill.append(SimEngine(sim, f"n{node}p{j}", mp, "prefill", max_num_seqs=cfg.max_num_seqs, node=node))
+                prefill.append(SimEngine(sim, f"n{node}p{j}", mp, "prefill", max_num_seqs=cfg.max_num_seqs, node=node,
+                                         prefix_cache=cfg.prefix_cache))  # fmt: skip
             for j in range(n_d):
                 decode.append(SimEngine(sim, f"n{node}d{j}", md, "decode", max_num_seqs=cfg.max_num_seqs, node=node))
             links[node] = [Link(f"node{node}", bw, 20e-6)]

@@ -117,6 +117,8 @@ class Simulator:
         if self.driver is None:
             raise RuntimeError("no driver attached")
         reqs = [SimRequest(r.id, r.arrival, r.prompt_tokens, r.output_tokens, r.max_output) for r in requests]
+        for sr, r in zip(reqs, requests):
+            sr.blocks = r.blocks
         if any(b.arrival < a.arrival for a, b in zip(reqs, reqs[1:])):
             raise ValueError("requests must be sorted by arrival time")
         if self.observers and isinstance(self.driver, RouterDriver):
@@ -237,7 +239,7 @@ class RouterDriver:
     def on_arrival(self, r: SimRequest, now: float) -> None:
         self.reqs[r.id] = r
         self.flush(now)
-        rs = RequestState(r.id, r.arrival, r.prompt, r.max_tokens)  # the client's bound, as live
+        rs = RequestState(r.id, r.arrival, r.prompt, r.max_tokens, blocks=r.blocks)  # the client's bound, as live
         self._apply(self.router.submit(rs, now), now)
         self._check_pending(now)
 

@@ -42,9 +42,11 @@ from typing import TYPE_CHECKING
 
 from ecoserve.policy.chunk_budget import ChunkBudgetRule, least_slack
 from ecoserve.policy.phase import Phase
+from ecoserve.policy.prefix_index import PrefixIndex
 from ecoserve.policy.step_time import StepTimePredictor
 from ecoserve.sim.engine_model import EngineModel
 from ecoserve.sim.observer import StepRecord
+from ecoserve.workload.traces import BLOCK_TOKENS
 
 if TYPE_CHECKING:
     from ecoserve.sim.core import Simulator
@@ -56,7 +58,7 @@ class SimRequest:
     __slots__ = (
         "id", "arrival", "prompt", "output", "target", "prefilled", "generated", "kv", "first_token",
         "finish", "engine", "reported", "rejected", "prefill_engine", "decode_engine", "transfer_s",
-        "preempted", "max_tokens",
+        "preempted", "max_tokens", "blocks", "cached",
     )
 
     def __init__(self, rid: str, arrival: float, prompt: int, output: int, max_tokens: int | None = None) -> None:
@@ -65,6 +67,8 @@ class SimRequest:
         self.prompt = prompt
         self.output = output  # the true length: it finishes after this many tokens
         self.max_tokens = max_tokens or output  # its client's bound: what the policy reserves for
+        self.blocks: tuple[int, ...] = ()  # its prompt's full-block hashes (prefix caching)
+        self.cached = 0  # prompt tokens its last admission found in the engine's prefix cache
         self.target = prompt  # tokens to prefill (prompt, or prompt + output so far after preemption)
         self.prefilled = 0
         self.generated = 0  # output tokens produced so far
@@ -82,7 +86,8 @@ class SimRequest:
 
 class EngineStats:
     __slots__ = ("prefill_steps", "decode_steps", "mixed_steps", "busy_s", "preemptions", "phase_switches",
-                 "prefill_tokens", "decode_tokens", "max_batch", "segments", "phase_violations")
+                 "prefill_tokens", "decode_tokens", "max_batch", "segments", "phase_violations",
+                 "prompt_tokens_admitted", "cached_tokens")
 
     def __init__(self) -> None:
         self.prefill_steps = self.decode_steps = self.mixed_steps = 0
@@ -92,6 +97,9 @@ class EngineStats:
         self.prefill_tokens = self.decode_tokens = 0
         self.max_batch = 0
         self.segments = 0
+        # Prefix caching: prompt (or recompute) tokens of every admission, and
+        # how many of them the engine's prefix cache held.
+        self.prompt_tokens_admitted = self.cached_tokens = 0
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -111,6 +119,7 @@ class SimEngine:
         max_num_seqs: int = 256,
         kv_capacity: int | None = None,
         node: int = 0,
+        prefix_cache: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown engine mode {mode!r}")
@@ -148,6 +157,12 @@ class SimEngine:
         self.incoming = 0  # decode pool: requests whose KV is on its way
         self.queued_prefill = 0  # prompt tokens waiting or being prefilled here
         self.stats = EngineStats()
+        # vLLM's automatic prefix caching: full blocks of computed prompts, LRU,
+        # as many as the KV memory holds (the same structure the policy keeps
+        # as its estimate of it, policy/prefix_index.py). Hits save compute;
+        # a request still reserves KV for its whole prompt (vLLM shares the
+        # cached blocks, so this overstates the memory a hit needs).
+        self.prefix_cache = PrefixIndex(max(1, self.capacity // BLOCK_TOKENS), BLOCK_TOKENS) if prefix_cache else None
         # The step (or decode segment) in progress.
         self.busy = False
         self.version = 0
@@ -250,10 +265,22 @@ class SimEngine:
             waiting.popleft()
             self.kv_used += need
             r.kv = need
-            chunks.append((r, need))
+            self._reuse_prefix(r)
+            chunks.append((r, need - r.prefilled))
             tokens += need
             seats -= 1
         return chunks
+
+    def _reuse_prefix(self, r: SimRequest) -> None:
+        """Admission: what of the prompt the prefix cache holds is not computed
+        again (its attention context still counts: it starts at ``prefilled``)."""
+        self.stats.prompt_tokens_admitted += r.target
+        if self.prefix_cache is None or not r.blocks or r.prefilled:
+            return
+        r.cached = self.prefix_cache.cached_tokens(r.blocks, r.target)
+        r.prefilled = r.cached
+        self.queued_prefill -= r.cached
+        self.stats.cached_tokens += r.cached
 
     def _take_chunks(self, budget: int, seats: int) -> list[tuple[SimRequest, int]]:
         """Sarathi: continue partial prompts, then start new ones, within ``budget`` tokens."""
@@ -272,8 +299,9 @@ class SimEngine:
             waiting.popleft()
             self.kv_used += r.target
             r.kv = r.target
+            self._reuse_prefix(r)
             self.partial.append(r)
-            n = min(r.target, budget)
+            n = min(r.target - r.prefilled, budget)
             chunks.append((r, n))
             budget -= n
             seats -= 1
@@ -419,6 +447,8 @@ class SimEngine:
             st.prefill_tokens += n
             if r.prefilled >= r.target:
                 done_prefill.append(r)
+                if self.prefix_cache is not None and r.blocks:
+                    self.prefix_cache.insert(r.blocks)  # its full blocks are cached from now on
         if done_prefill:
             partial = self.partial
             for r in done_prefill:

@@ -72,6 +72,11 @@ def simulate(
         "busy_fraction": (totals.get("busy_s", 0.0) / (end * len(cluster.engines))) if end else 0.0,
         "engine": totals,
         "driver": counts,
+        # Prefix caching: the share of admitted prompt tokens the engines' caches
+        # held, and the prompt tokens actually computed (recomputes included).
+        "prefix_hit_rate": (totals.get("cached_tokens", 0) / totals["prompt_tokens_admitted"]
+                            if totals.get("prompt_tokens_admitted") else 0.0),
+        "prefill_tokens_computed": totals.get("prefill_tokens", 0),
     }
     timeline = None
     scaler = cluster.autoscaler

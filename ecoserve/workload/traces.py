@@ -35,6 +35,8 @@ if TYPE_CHECKING:  # importlib.resources.abc from 3.11; importlib.abc before
 
 AZURE_FILENAME = "azure_llm_conv_2023.csv"
 AZURE_PACKAGED = AZURE_FILENAME + ".gz"
+MOONCAKE_PACKAGED = "mooncake_synthetic_trace.jsonl.gz"
+BLOCK_TOKENS = 512  # tokens per hashed block in Mooncake's traces
 
 
 @dataclass(frozen=True)
@@ -45,10 +47,15 @@ class Trace:
     outputs: list[int]
     source: str = ""
     meta: dict = field(default_factory=dict)
+    # Per request, the hashes of its prompt's blocks (Mooncake's ``hash_ids``,
+    # BLOCK_TOKENS tokens each, the last one possibly partial); None: no hashes.
+    blocks: list[tuple[int, ...]] | None = None
 
     def __post_init__(self) -> None:
         if not (len(self.times) == len(self.prompts) == len(self.outputs)):
             raise ValueError("trace columns differ in length")
+        if self.blocks is not None and len(self.blocks) != len(self.times):
+            raise ValueError("trace block hashes differ in length from its requests")
         if not self.times:
             raise ValueError(f"trace {self.name} is empty")
 
@@ -67,7 +74,8 @@ class Trace:
     def head(self, n: int | None) -> Trace:
         if n is None or n >= len(self):
             return self
-        return Trace(self.name, self.times[:n], self.prompts[:n], self.outputs[:n], self.source, self.meta)
+        blocks = None if self.blocks is None else self.blocks[:n]
+        return Trace(self.name, self.times[:n], self.prompts[:n], self.outputs[:n], self.source, self.meta, blocks)
 
     def pairs(self) -> list[tuple[int, int]]:
         return list(zip(self.prompts, self.outputs))
@@ -83,14 +91,24 @@ def default_azure_path() -> Path:
     """The Azure trace as a file path: ``$ECOSERVE_DATA/azure_llm_conv_2023.csv``
     (or ``.csv.gz``) if that variable is set and names a file, else the copy
     shipped in the package. Never looks outside the installed package."""
+    return _shipped_path(AZURE_PACKAGED, (AZURE_FILENAME, AZURE_PACKAGED), "Azure trace")
+
+
+def default_mooncake_path() -> Path:
+    """Mooncake's synthetic trace with prefix-block hashes (Apache-2.0), shipped
+    in the package the same way; ``$ECOSERVE_DATA`` may hold it too."""
+    return _shipped_path(MOONCAKE_PACKAGED, (MOONCAKE_PACKAGED[: -len(".gz")], MOONCAKE_PACKAGED), "Mooncake trace")
+
+
+def _shipped_path(packaged: str, names: tuple[str, ...], what: str) -> Path:
     candidates: list[Path] = []
     if os.environ.get("ECOSERVE_DATA"):
         base = Path(os.environ["ECOSERVE_DATA"])
-        candidates += [base / AZURE_FILENAME, base / AZURE_PACKAGED]
+        candidates += [base / n for n in names]
         for c in candidates:
             if c.is_file():
                 return c
-    shipped = packaged_azure()
+    shipped = resources.files("ecoserve.workload") / "data" / packaged
     if isinstance(shipped, Path):  # an ordinary install: the file is on disk
         if shipped.is_file():
             return shipped
@@ -98,8 +116,8 @@ def default_azure_path() -> Path:
         return _extracted(shipped)
     looked = [*map(str, candidates), str(shipped)]
     raise FileNotFoundError(
-        f"Azure trace not found; looked in: {', '.join(looked)}. "
-        "The package ships it as ecoserve/workload/data/" + AZURE_PACKAGED + ": reinstall, "
+        f"{what} not found; looked in: {', '.join(looked)}. "
+        "The package ships it as ecoserve/workload/data/" + packaged + ": reinstall, "
         "give a trace path explicitly, or set ECOSERVE_DATA."
     )
 
@@ -167,8 +185,10 @@ def load_azure_csv(path: str | Path) -> Trace:
 
 
 def load_mooncake_jsonl(path: str | Path, time_unit_s: float = 1e-3) -> Trace:
+    """Mooncake's format; ``hash_ids`` (the prompt's block hashes, optional) are
+    kept when every line has them."""
     path = Path(path)
-    times, prompts, outputs = [], [], []
+    times, prompts, outputs, blocks = [], [], [], []
     with _open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             line = line.strip()
@@ -179,26 +199,32 @@ def load_mooncake_jsonl(path: str | Path, time_unit_s: float = 1e-3) -> Trace:
                 times.append(float(obj["timestamp"]) * time_unit_s)
                 prompts.append(int(obj["input_length"]))
                 outputs.append(int(obj["output_length"]))
+                ids = obj.get("hash_ids")
+                blocks.append(None if ids is None else tuple(int(h) for h in ids))
             except (KeyError, ValueError, TypeError) as e:
                 raise ValueError(f"{path}:{lineno}: need timestamp, input_length, output_length ({e})") from e
-    return _finish(path, times, prompts, outputs)
+    hashed = bool(blocks) and all(b is not None for b in blocks)
+    return _finish(path, times, prompts, outputs, blocks if hashed else None)
 
 
-def _finish(path: Path, times: list[float], prompts: list[int], outputs: list[int]) -> Trace:
+def _finish(path: Path, times: list[float], prompts: list[int], outputs: list[int],
+            blocks: list[tuple[int, ...]] | None = None) -> Trace:  # fmt: skip
     if not times:
         raise ValueError(f"{path}: no requests")
-    rows = sorted(zip(times, prompts, outputs), key=lambda r: r[0])
+    cols = blocks if blocks is not None else [()] * len(times)
+    rows = sorted(zip(times, prompts, outputs, cols), key=lambda r: r[0])
     t0 = rows[0][0]
     # Requests asking for no output cannot be served as "force this many tokens";
     # they are kept as 1-token requests so the arrival process is unchanged.
     dropped = sum(1 for r in rows if r[2] < 1)
     return Trace(
         _trace_name(path),
-        [t - t0 for t, _, _ in rows],
-        [max(0, p) for _, p, _ in rows],
-        [max(1, o) for _, _, o in rows],
+        [r[0] - t0 for r in rows],
+        [max(0, r[1]) for r in rows],
+        [max(1, r[2]) for r in rows],
         source=str(path),
         meta={"zero_output_requests": dropped},
+        blocks=[r[3] for r in rows] if blocks is not None else None,
     )
 
 

@@ -23,10 +23,10 @@ from ecoserve.workload.lengths import (
     client_max_tokens,
     fit_to_context,
 )
-from ecoserve.workload.traces import Trace, default_azure_path, load_trace
+from ecoserve.workload.traces import BLOCK_TOKENS, Trace, default_azure_path, default_mooncake_path, load_trace
 
 DEFAULT_NUM_REQUESTS = 1000
-TRACE_ALIASES = ("azure",)
+TRACE_ALIASES = {"azure": default_azure_path, "mooncake": default_mooncake_path}  # traces shipped in the package
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,9 @@ class Request:
     output_tokens: int  # the true length: the request finishes after this many
     # What its client sends as max_tokens (``client_max_tokens``); 0: the true length.
     max_tokens: int = 0
+    # Hashes of its prompt's full blocks (traces.BLOCK_TOKENS tokens each): equal
+    # hashes, equal prefixes. Empty: nothing known (no prefix can be reused).
+    blocks: tuple[int, ...] = ()
 
     @property
     def max_output(self) -> int:
@@ -49,14 +52,14 @@ def resolve_dataset(name: str) -> tuple[str, LengthDistribution | None, Trace | 
     key = str(name).lower()
     if key in DATASETS:
         return key, DATASETS[key], None
-    path = default_azure_path() if key in TRACE_ALIASES else Path(name)
+    path = TRACE_ALIASES[key]() if key in TRACE_ALIASES else Path(name)
     if not path.is_file():
         raise ValueError(
-            f"unknown dataset {name!r}: use alpaca, sharegpt, longbench, azure, "
+            f"unknown dataset {name!r}: use alpaca, sharegpt, longbench, azure, mooncake, "
             "or the path of an Azure CSV / Mooncake JSONL trace"
         )
     trace = load_trace(path)
-    return ("azure" if key in TRACE_ALIASES else str(path)), None, trace
+    return (key if key in TRACE_ALIASES else str(path)), None, trace
 
 
 def default_slo(dataset: str) -> tuple[float, float]:
@@ -99,6 +102,9 @@ class WorkloadTemplate:
             self._gaps = None
             self._times = list(t.times)
             self.pairs = [fit_to_context(p, o, max_context) for p, o in t.pairs()]
+            # Full blocks only, and only those the (possibly truncated) prompt keeps.
+            self.blocks = ([tuple(b[: p // BLOCK_TOKENS]) for b, (p, _) in zip(t.blocks, self.pairs)]
+                           if t.blocks is not None else None)  # fmt: skip
             self.output_cap = max(o for _, o in trace.pairs())
             self.truncated = sum(1 for a, b in zip(t.pairs(), self.pairs) if a != b)
         else:
@@ -112,6 +118,7 @@ class WorkloadTemplate:
             self._gap_rng = random.Random(f"{seed}:arrivals")
             self._gaps: list[float] = []
             self._times = None
+            self.blocks = None  # lengths drawn from a distribution: no prefixes
             self.pairs: list[tuple[int, int]] = []
             self.truncated = 0
             self._extend(n)
@@ -156,8 +163,14 @@ class WorkloadTemplate:
             self._extend(n)
             times = times_from_gaps(self._gaps[:n], rate)
         cap, ctx = self.output_cap, self.max_context
-        return [Request(f"r{i}", t, p, o, client_max_tokens(p, o, cap, ctx))
+        blocks = self.blocks or [()] * len(self.pairs)
+        return [Request(f"r{i}", t, p, o, client_max_tokens(p, o, cap, ctx), blocks[i])
                 for i, (t, (p, o)) in enumerate(zip(times, self.pairs))]
+
+    @property
+    def has_blocks(self) -> bool:
+        """Its requests carry prefix-block hashes (a replayed trace with them)."""
+        return bool(self.blocks) and any(self.blocks)
 
     def mean_lengths(self) -> tuple[float, float]:
         pairs = self.pairs[: self.num_requests]

@@ -1,0 +1,118 @@
+"""Prefix-aware routing pinned with exact decisions (policy/prefix_index.py,
+macro_instance.py, overall.py, longest_prefix.py): the longest cached prefix
+is preferred inside the constraint check, predicted prefill counts only the
+uncached part, and a hot prefix spills once its holder would miss the SLO."""
+
+from __future__ import annotations
+
+import pytest
+
+from ecoserve.policy import InstanceState, Routed
+from ecoserve.policy.longest_prefix import LongestPrefixRouter
+from ecoserve.policy.prefix_index import PrefixIndex
+from tests.policy.helpers import linear_predictor, macro, overall, req
+
+B = 512  # tokens per block
+
+
+def with_blocks(rid, blocks, prompt=None, at=0.0):
+    r = req(rid, prompt=prompt if prompt is not None else len(blocks) * B + 10, at=at)
+    r.blocks = tuple(blocks)
+    return r
+
+
+def routed(actions):
+    return [(a.request_id, a.instance_id, a.reason) for a in actions if isinstance(a, Routed)]
+
+
+def indexed(router, capacity_blocks=100):
+    for inst in router.instances():
+        inst.prefix = PrefixIndex(capacity_blocks, B)
+    return router
+
+
+# -- the index ------------------------------------------------------------------------
+
+
+def test_index_matches_leading_blocks_evicts_lru_and_never_covers_the_last_token():
+    idx = PrefixIndex(4, B)
+    idx.insert((1, 2, 3))
+    assert idx.matched_blocks((1, 2, 9, 3)) == 2  # a leading run only
+    assert idx.cached_tokens((1, 2, 3), 3 * B + 7) == 3 * B
+    assert idx.cached_tokens((1, 2, 3), 3 * B) == 3 * B - 1  # the last token is always computed
+    assert idx.cached_tokens((), 100) == 0 and idx.cached_tokens((1,), 1) == 0
+    idx.insert((1, 4))  # 1 touched; 2 is now the least recently used
+    idx.insert((5,))
+    assert len(idx) == 4 and 2 not in idx and {1, 3, 4, 5} == {b for b in (1, 2, 3, 4, 5) if b in idx}
+    with pytest.raises(ValueError):
+        PrefixIndex(0)
+
+
+def test_predicted_prefill_counts_only_the_uncached_part():
+    p = linear_predictor()  # 1 ms a token, nothing fixed
+    assert p.predict_uncached(3000, 0) == pytest.approx(p.predict(3000))
+    assert p.predict_uncached(3000, 2048) == pytest.approx(p.predict(3000 - 2048))
+    q = type(p)(coeffs=(0.01, 1e-4, 1e-8))  # attention: the rest still attends to the cached part
+    assert q.predict_uncached(3000, 2048) == pytest.approx(q.predict(3000) - q.predict(2048) + 0.01)
+    assert q.predict_uncached(3000, 2048) > q.predict(3000 - 2048)
+
+
+# -- EcoServe: affinity inside the check -----------------------------------------------
+
+
+def test_a_request_goes_where_its_prefix_is_and_the_rolling_cursor_stays():
+    m = indexed(macro(2, ttft=10.0))
+    i0, i1 = m.instances()
+    assert routed(m.submit(with_blocks("a", [1, 2, 3]), 0.0)) == [("a", "i0", "fits")]
+    assert i0.prefix.matched_blocks((1, 2, 3)) == 3 and len(i1.prefix) == 0  # the index follows routing
+    m.took(i1)  # rolling activation has moved on to i1
+    b = with_blocks("b", [1, 2, 3, 4])
+    assert routed(m.submit(b, 0.1)) == [("b", "i0", "prefix")]
+    assert b.cached_tokens == 3 * B
+    assert b.predicted_prefill == pytest.approx(linear_predictor().predict(b.prompt_tokens - 3 * B))
+    assert routed(m.submit(with_blocks("c", [7, 8]), 0.2)) == [("c", "i1", "fits")]  # nothing cached: cyclic
+    assert routed(m.submit(req("d"), 0.3)) == [("d", "i1", "fits")]  # no hashes at all: as before
+
+
+def test_a_hot_prefix_spills_to_the_next_instance_once_its_holder_would_miss_ttft():
+    # TTFT SLO 1.2 s at 1 ms a token: "a" (522 tokens) opens i0's window; each
+    # follower shares its first block and computes 522 tokens there (0.522 s).
+    # "b" fits (1.044 s); "c" would make i0's window 1.566 s, so it goes to i1,
+    # where its whole prompt (1.034 s) still meets the SLO.
+    m = indexed(macro(2, ttft=1.2))
+    assert routed(m.submit(with_blocks("a", [1]), 0.0)) == [("a", "i0", "fits")]
+    assert routed(m.submit(with_blocks("b", [1, 2]), 0.0)) == [("b", "i0", "prefix")]
+    assert routed(m.submit(with_blocks("c", [1, 3]), 0.0)) == [("c", "i1", "fits")]
+
+
+def test_the_affinity_threshold_is_explicit():
+    m = indexed(macro(2, ttft=10.0))
+    m.affinity_min_tokens = 2 * B
+    m.submit(with_blocks("a", [1, 2]), 0.0)
+    m.took(m.instances()[1])
+    assert routed(m.submit(with_blocks("b", [1, 9]), 0.1)) == [("b", "i1", "fits")]  # one block: below it
+    assert routed(m.submit(with_blocks("c", [1, 2, 9]), 0.2)) == [("c", "i0", "prefix")]
+
+
+def test_the_overall_scheduler_tries_the_macro_instance_holding_the_prefix_first():
+    s = indexed(overall((1, 1), ttft=10.0))
+    assert routed(s.submit(with_blocks("a", [1, 2]), 0.0)) == [("a", "i0", "fits")]
+    assert routed(s.submit(with_blocks("x", [5]), 0.0)) == [("x", "i0", "fits")]  # cyclic: i0 still fits
+    s._cursor = 1  # noqa: SLF001  (the overall scheduler moved on to the second macro instance)
+    assert routed(s.submit(with_blocks("b", [1, 2, 3]), 0.1)) == [("b", "i0", "prefix")]
+
+
+# -- the oracle baseline -----------------------------------------------------------------
+
+
+def test_longest_prefix_router_picks_the_longest_then_the_least_loaded_and_never_writes():
+    r = LongestPrefixRouter()
+    caches = [PrefixIndex(100, B) for _ in range(3)]
+    for k, c in enumerate(caches):
+        r.add_instance(InstanceState(f"i{k}", 100_000, prefix=c), 0.0)
+    caches[1].insert((1,))
+    caches[2].insert((1, 2))
+    assert routed(r.submit(with_blocks("a", [1, 2, 3]), 0.0)) == [("a", "i2", "longest_prefix")]
+    assert routed(r.submit(with_blocks("b", [1]), 0.0)) == [("b", "i1", "longest_prefix")]  # i2 is busier now
+    assert routed(r.submit(with_blocks("c", [9]), 0.0)) == [("c", "i0", "least_loaded")]
+    assert [len(c) for c in caches] == [0, 1, 2]  # it reads the caches, the engines fill them
