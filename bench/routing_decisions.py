@@ -18,6 +18,7 @@ Reported per cluster size:
 
     python bench/routing_decisions.py                  # 8, 64 and 512 instances
     python bench/routing_decisions.py --sizes 64 --requests 50000 --json
+    python bench/routing_decisions.py --sizes 64 --prefix-blocks 100000   # with prefix-aware routing
 """
 
 from __future__ import annotations
@@ -37,19 +38,44 @@ from ecoserve.policy import (
     RequestState,
     Routed,
 )
+from ecoserve.policy.prefix_index import PrefixDirectory, PrefixIndex
 
 # Token-burst events per request between its first token and finish; bursts of
 # 20-100 tokens give ~240 output tokens a request (ShareGPT's mean).
 BURSTS = 4
+SESSION_BLOCKS = 32  # --prefix-blocks: cached sessions of 32 blocks (16k tokens)
 
 
-def run(n: int, requests: int, macro_size: int, events: int, dt: float, preload: int, seed: int) -> dict:
+def run(n: int, requests: int, macro_size: int, events: int, dt: float, preload: int, seed: int,
+        prefix_blocks: int = 0) -> dict:  # fmt: skip
     rng = random.Random(seed)
     # ShareGPT-like scale: quadratic prefill of ~0.3 s at 340 tokens; 5 s / 100 ms SLOs.
     pred = PrefillTimePredictor(coeffs=(0.01, 8e-4, 1e-7))
+    if prefix_blocks:  # prompts of 1-32 blocks, as fast to prefill as the short ones: the same load
+        pred = PrefillTimePredictor(coeffs=(0.01, 2e-5, 0.0))
     sched = OverallScheduler(ConstraintChecker(SLO(5.0, 0.1), pred))
+    directory = PrefixDirectory()
     for i in range(n):
-        sched.add_instance(InstanceState(f"i{i}", 200_000), 0.0, macro=i // macro_size)
+        prefix = None
+        if prefix_blocks:  # each instance's index full: prefix_blocks cached in all, as 32-block sessions
+            prefix = PrefixIndex(-(-prefix_blocks // n), directory=directory, owner=f"i{i}")
+            for s in range(-(-prefix_blocks // n) // SESSION_BLOCKS):
+                prefix.insert(range((i * 10_000 + s) * 100, (i * 10_000 + s) * 100 + SESSION_BLOCKS))
+        kv = 200_000 if not prefix_blocks else 2_000_000  # long prompts: KV for as many requests
+        sched.add_instance(InstanceState(f"i{i}", kv, prefix=prefix), 0.0, macro=i // macro_size)
+    fresh = iter(range(10**12, 10**13, 100))
+
+    def blocks_of(prompt: int) -> tuple[int, ...]:
+        """Half the requests continue a cached session (its blocks, then one new), half start one."""
+        if not prefix_blocks:
+            return ()
+        k = prompt // 512
+        if rng.random() < 0.5:
+            i, s = rng.randrange(n), rng.randrange(max(1, -(-prefix_blocks // n) // SESSION_BLOCKS))
+            base = (i * 10_000 + s) * 100
+            return tuple(range(base, base + min(k, SESSION_BLOCKS))) + (next(fresh),)
+        start = next(fresh)
+        return tuple(range(start, start + k))
 
     live: deque[list] = deque()  # [request id, events left] for routed requests
     routed_at_once = routed_later = 0
@@ -58,10 +84,13 @@ def run(n: int, requests: int, macro_size: int, events: int, dt: float, preload:
     now, next_tick = 0.0, 0.01
     perf = time.perf_counter_ns
 
+    prefix_routed = [0]
+
     def absorb(actions) -> int:
         k = 0
         for a in actions:
             if isinstance(a, Routed):
+                prefix_routed[0] += a.reason == "prefix"
                 live.append([a.request_id, BURSTS + 2])
                 k += 1
         return k
@@ -77,7 +106,8 @@ def run(n: int, requests: int, macro_size: int, events: int, dt: float, preload:
     routed_at_once = routed_later = 0
 
     for k in range(requests):
-        req = RequestState(f"r{k}", now, rng.randint(20, 1000), rng.randint(20, 400))
+        prompt = rng.randint(20, 1000) if not prefix_blocks else rng.randint(512, 32 * 512)
+        req = RequestState(f"r{k}", now, prompt, rng.randint(20, 400), blocks=blocks_of(prompt))
         t0 = perf()
         out = sched.submit(req, now)
         dt_ns = perf() - t0
@@ -114,6 +144,8 @@ def run(n: int, requests: int, macro_size: int, events: int, dt: float, preload:
         "routed_at_once": routed_at_once,
         "routed_after_waiting": routed_later,
         "still_pending": len(sched.pending()),
+        "prefix_blocks": prefix_blocks,
+        "routed_for_prefix": prefix_routed[0],
     }
 
 
@@ -127,10 +159,14 @@ def main() -> None:
                     help="arrivals per second per instance (ShareGPT-like on a 34B model: ~1-2)")
     ap.add_argument("--preload", type=int, default=16, help="requests per instance in flight at the start")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prefix-blocks", type=int, default=0,
+                    help="prefix-aware routing: this many 512-token blocks cached over the cluster (e.g. 100000), "
+                         "half the requests continuing a cached session (issue 15's cost target)")
     ap.add_argument("--json", action="store_true", help="print one JSON object per size")
     args = ap.parse_args()
     for n in (int(s) for s in args.sizes.split(",")):
-        res = run(n, args.requests, args.macro_size, args.events, 1.0 / (args.rate_per_instance * n), args.preload, args.seed)
+        res = run(n, args.requests, args.macro_size, args.events, 1.0 / (args.rate_per_instance * n), args.preload,
+                  args.seed, args.prefix_blocks)  # fmt: skip
         if args.json:
             print(json.dumps(res), flush=True)
         else:

@@ -69,9 +69,25 @@ class MacroInstance(TrackingRouter):
             first_failure = first_failure or failed
         return None, first_failure or Constraint.NO_INSTANCE
 
+    def cached_by_instance(self, req: RequestState) -> dict[str, int]:
+        """Instance id -> prompt tokens of ``req`` it is thought to hold, for the
+        accepting instances holding any; through their shared directory when they
+        have one (``PrefixDirectory``), else by asking each."""
+        insts = self._instances
+        directory = next((i.prefix.directory for i in insts.values() if i.prefix is not None), None)
+        if directory is not None:
+            found = directory.matches(req.blocks)
+            out = {}
+            for iid, n in found.items():
+                inst = insts.get(iid)
+                if inst is not None and inst.accepting and inst.prefix is not None:
+                    out[iid] = inst.prefix.tokens_of(n, req.prompt_tokens)
+            return out
+        return {i.id: c for i in insts.values() if i.accepting and (c := i.cached_tokens(req))}
+
     def best_cached_tokens(self, req: RequestState) -> int:
         """The longest prefix of ``req`` any accepting instance here holds (tokens)."""
-        return max((i.cached_tokens(req) for i in self._instances.values() if i.accepting), default=0)
+        return max(self.cached_by_instance(req).values(), default=0)
 
     def _by_prefix(self, req: RequestState, walk: list[int]) -> list[int]:
         """Prefix affinity inside the constraint check: instances holding at least
@@ -79,7 +95,10 @@ class MacroInstance(TrackingRouter):
         cyclic order); then the cyclic walk. Each still has to pass the check, so
         a hot prefix spills to the next instance once its holder would miss an
         SLO, rather than pinning its traffic there."""
-        cached = {idx: self._instances[self._order[idx]].cached_tokens(req) for idx in walk}
+        held = self.cached_by_instance(req)
+        if not held:
+            return walk
+        cached = {idx: held.get(self._order[idx], 0) for idx in walk}
         warm = [idx for idx in walk if cached[idx] >= self.affinity_min_tokens]
         if not warm:
             return walk

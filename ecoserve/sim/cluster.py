@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from ecoserve.policy import SLO, InstanceState, MitosisConfig, PolicyConfig
 from ecoserve.policy.chunk_budget import ChunkBudgetRule
 from ecoserve.policy.config import require_macros
-from ecoserve.policy.prefix_index import PrefixIndex
+from ecoserve.policy.prefix_index import PrefixDirectory, PrefixIndex
 from ecoserve.policy.config import SIM_POLICIES as POLICIES
 from ecoserve.sim.autoscale import SimAutoscaler
 from ecoserve.sim.core import RouterDriver, Simulator
@@ -175,11 +175,11 @@ class SimConfig:
             return self.chunk_size or stock_budget(self)
         return None
 
-    def prefix_index(self, capacity_tokens: int) -> PrefixIndex | None:
+    def prefix_index(self, capacity_tokens: int, owner: str, directory: PrefixDirectory) -> PrefixIndex | None:
         """EcoServe's estimate of one engine's prefix cache (None: no prefix routing)."""
         if not (self.prefix_cache and self.prefix_routing and self.policy in ("ecoserve", "ecoserve-trickle")):
             return None
-        return PrefixIndex(max(1, capacity_tokens // BLOCK_TOKENS), BLOCK_TOKENS)
+        return PrefixIndex(max(1, capacity_tokens // BLOCK_TOKENS), BLOCK_TOKENS, directory=directory, owner=owner)
 
     def describe(self) -> dict:
         out = {"policy": self.policy, "model": self.model, "hardware": self.hardware, "tp": self.tp_,
@@ -303,8 +303,10 @@ def build(cfg: SimConfig) -> Cluster:
                              node=int(eid[1:]), prefix_cache=cfg.prefix_cache)  # fmt: skip
 
         engines = [new_engine(f"i{k}") for k in range(cfg.instances)]
+        directory = PrefixDirectory()  # which instance holds which block, for the router's lookups
         for k, e in enumerate(engines):
-            inst = InstanceState(e.id, e.capacity, max_requests=e.max_num_seqs, prefix=cfg.prefix_index(e.capacity))
+            inst = InstanceState(e.id, e.capacity, max_requests=e.max_num_seqs,
+                                 prefix=cfg.prefix_index(e.capacity, e.id, directory))  # fmt: skip
             router.add_instance(inst, 0.0, macro=pcfg.starting_macro(k, cfg.instances))
         info = {"macro_instances": pcfg.starting_layout(cfg.instances)}
     else:

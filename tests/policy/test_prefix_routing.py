@@ -116,3 +116,43 @@ def test_longest_prefix_router_picks_the_longest_then_the_least_loaded_and_never
     assert routed(r.submit(with_blocks("b", [1]), 0.0)) == [("b", "i1", "longest_prefix")]  # i2 is busier now
     assert routed(r.submit(with_blocks("c", [9]), 0.0)) == [("c", "i0", "least_loaded")]
     assert [len(c) for c in caches] == [0, 1, 2]  # it reads the caches, the engines fill them
+
+
+def test_the_directory_agrees_with_every_index_through_evictions():
+    import random
+
+    from ecoserve.policy.prefix_index import PrefixDirectory
+
+    rng = random.Random(7)
+    d = PrefixDirectory()
+    idx = {f"i{k}": PrefixIndex(6, B, directory=d, owner=f"i{k}") for k in range(3)}
+    for step in range(400):
+        owner = rng.choice(list(idx))
+        start = rng.randrange(10)
+        idx[owner].insert(tuple(range(start, start + rng.randrange(1, 5))))
+        if step % 97 == 0:
+            idx[owner].clear()
+        q = tuple(range(rng.randrange(10), 12))
+        expected = {o: i.matched_blocks(q) for o, i in idx.items() if i.matched_blocks(q)}
+        assert d.matches(q) == expected, (step, q)
+
+
+def test_routing_through_the_directory_decides_as_asking_each_instance():
+    from ecoserve.policy.prefix_index import PrefixDirectory
+
+    def build(shared):
+        m = macro(3, ttft=10.0)
+        d = PrefixDirectory() if shared else None
+        for inst in m.instances():
+            inst.prefix = PrefixIndex(100, B, directory=d, owner=inst.id)
+        return m
+
+    decisions = []
+    for shared in (False, True):
+        m, out = build(shared), []
+        for k, blocks in enumerate([[1, 2], [5], [1, 2, 3], [5, 6], [1, 9], [7]]):
+            out += routed(m.submit(with_blocks(f"r{k}", blocks), 0.01 * k))
+            if k % 2:
+                m.took(m.instances()[(k + 1) % 3])
+        decisions.append(out)
+    assert decisions[0] == decisions[1] and any(reason == "prefix" for _, _, reason in decisions[0])
