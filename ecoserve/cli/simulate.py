@@ -60,7 +60,8 @@ def common_options(f):
         click.option("--dataset", default="sharegpt", show_default=True,
                      help="alpaca | sharegpt | longbench (synthetic lengths with the paper's means), azure (the "
                           "Azure conversation trace shipped in the package), mooncake (Mooncake's synthetic trace "
-                          "with prefix-block hashes, shipped too), or PATH of an Azure CSV / Mooncake JSONL trace "
+                          "with prefix-block hashes, shipped too), chat (generated multi-turn sessions with growing "
+                          "histories and shared system prompts, hashed the same way), or PATH of an Azure CSV / Mooncake JSONL trace "
                           "(plain or .gz)."),
         click.option("--replay/--no-replay", default=True, show_default=True,
                      help="Traces: replay their timestamps (time-scaled to --rate if given), or use them only "

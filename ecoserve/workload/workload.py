@@ -23,9 +23,11 @@ from ecoserve.workload.lengths import (
     client_max_tokens,
     fit_to_context,
 )
+from ecoserve.workload.sessions import ChatSessions, chat_trace
 from ecoserve.workload.traces import BLOCK_TOKENS, Trace, default_azure_path, default_mooncake_path, load_trace
 
 DEFAULT_NUM_REQUESTS = 1000
+CHAT = "chat"  # synthetic multi-turn chat with shared prefixes (sessions.py)
 TRACE_ALIASES = {"azure": default_azure_path, "mooncake": default_mooncake_path}  # traces shipped in the package
 
 
@@ -88,7 +90,12 @@ class WorkloadTemplate:
         replay: bool | None = None,
         max_context: int | None = None,
     ) -> None:
-        self.name, lengths, trace = resolve_dataset(dataset)
+        if str(dataset).lower() == CHAT:  # multi-turn sessions, generated: a trace with block hashes
+            n = DEFAULT_NUM_REQUESTS if num_requests is None else num_requests
+            self.name, lengths = CHAT, None
+            trace = chat_trace(ChatSessions(sessions=max(20, n // 3), seed=seed)).head(n)
+        else:
+            self.name, lengths, trace = resolve_dataset(dataset)
         self.burstiness = burstiness
         self.seed = seed
         self.trace = trace
