@@ -204,19 +204,16 @@ def autoscale_options(f):
     return f
 
 
-def _write_engine_timeline(path: str, res, requests, rate: float, policy: str, dataset: str) -> str:
-    """Run the chosen configuration once more with a timeline observer (the
-    simulator is deterministic: the same run) and write what it saw."""
-    from ecoserve.sim.runner import simulate as simulate_one
-    from ecoserve.sim.timeline import TimelineObserver
+def _write_engine_timeline(path: str, watched: list, res, rate: float, policy: str, dataset: str) -> str:
+    """Write what the observer of the configuration kept (``watched``: one per
+    candidate run) saw."""
     from ecoserve.timeline.document import Event
     from ecoserve.timeline.html import write
 
-    obs = TimelineObserver()
-    again = simulate_one(res.config, requests, rate, setup=obs.attach)
+    obs = next(o for o in watched if o.cluster.config is res.config)
     c = res.config
     events = [Event(e["t"], e["action"], None, ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("t", "action")))
-              for e in (again.timeline or {}).get("events", [])]  # fmt: skip
+              for e in (res.timeline or {}).get("events", [])]  # fmt: skip
     doc = obs.document(title=f"{policy}, {c.instances} x {c.model} ({c.hardware}), {dataset}, {rate:.3g} req/s",
                        events=events)  # fmt: skip
     return str(write(doc, path))
@@ -286,10 +283,18 @@ def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, ma
     else:
         requests = template.at_rate(rate)
         eff_rate = rate if rate is not None else template.native_rate
+    watched: list = []  # a timeline observer on every candidate run, when a timeline is asked for
+
+    def watch(cluster) -> None:
+        from ecoserve.sim.timeline import TimelineObserver
+
+        watched.append(obs := TimelineObserver())
+        obs.attach(cluster)
+
     t0 = time.perf_counter()
     try:
         with Progress(f"simulating {policy}", "requests", quiet=quiet, delay=2.0) as bar:
-            res = run_best(cfg, requests, eff_rate, on_progress=bar)
+            res = run_best(cfg, requests, eff_rate, on_progress=bar, setup=watch if engine_timeline else None)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     wall = time.perf_counter() - t0
@@ -304,7 +309,7 @@ def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, ma
     if records_path:
         write_records(records_path, res.records)
     if engine_timeline:
-        out["timeline"] = _write_engine_timeline(timeline_path, res, requests, eff_rate, policy, template.name)
+        out["timeline"] = _write_engine_timeline(timeline_path, watched, res, eff_rate, policy, template.name)
     if res.timeline is not None:
         if timeline_path and not engine_timeline:
             Path(timeline_path).write_text(json.dumps(json_clean({**res.timeline, "rate_steps": out.get("rate_steps"),

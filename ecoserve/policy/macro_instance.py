@@ -54,15 +54,16 @@ class MacroInstance(TrackingRouter):
         n = len(order)
         first_failure: Constraint | None = None
         walk = [(self._cursor + k) % n for k in range(n)]
-        if req.blocks:
-            walk = self._by_prefix(req, walk)
+        held = self.cached_by_instance(req) if req.blocks else {}
+        if held:
+            walk = self._by_prefix(walk, held)
         for idx in walk:
             inst = self._instances[order[idx]]
             if not inst.accepting:
                 continue
             failed = self.checker.checked(inst, req, now).failed
             if failed is None:
-                if inst.cached_tokens(req) >= self.affinity_min_tokens:
+                if held.get(inst.id, 0) >= self.affinity_min_tokens:
                     return inst, "prefix"  # an affinity detour: rolling activation's cursor stays
                 self._cursor = idx
                 return inst, "fits"
@@ -89,15 +90,12 @@ class MacroInstance(TrackingRouter):
         """The longest prefix of ``req`` any accepting instance here holds (tokens)."""
         return max(self.cached_by_instance(req).values(), default=0)
 
-    def _by_prefix(self, req: RequestState, walk: list[int]) -> list[int]:
+    def _by_prefix(self, walk: list[int], held: dict[str, int]) -> list[int]:
         """Prefix affinity inside the constraint check: instances holding at least
-        ``affinity_min_tokens`` of the prompt first, longest first (ties: the
-        cyclic order); then the cyclic walk. Each still has to pass the check, so
-        a hot prefix spills to the next instance once its holder would miss an
-        SLO, rather than pinning its traffic there."""
-        held = self.cached_by_instance(req)
-        if not held:
-            return walk
+        ``affinity_min_tokens`` of the prompt (``held``: ``cached_by_instance``)
+        first, longest first (ties: the cyclic order); then the cyclic walk. Each
+        still has to pass the check, so a hot prefix spills to the next instance
+        once its holder would miss an SLO, rather than pinning its traffic there."""
         cached = {idx: held.get(self._order[idx], 0) for idx in walk}
         warm = [idx for idx in walk if cached[idx] >= self.affinity_min_tokens]
         if not warm:

@@ -58,7 +58,7 @@ class SimRequest:
     __slots__ = (
         "id", "arrival", "prompt", "output", "target", "prefilled", "generated", "kv", "first_token",
         "finish", "engine", "reported", "rejected", "prefill_engine", "decode_engine", "transfer_s",
-        "preempted", "max_tokens", "blocks", "cached",
+        "preempted", "max_tokens", "blocks",
     )
 
     def __init__(self, rid: str, arrival: float, prompt: int, output: int, max_tokens: int | None = None) -> None:
@@ -68,7 +68,6 @@ class SimRequest:
         self.output = output  # the true length: it finishes after this many tokens
         self.max_tokens = max_tokens or output  # its client's bound: what the policy reserves for
         self.blocks: tuple[int, ...] = ()  # its prompt's full-block hashes (prefix caching)
-        self.cached = 0  # prompt tokens its last admission found in the engine's prefix cache
         self.target = prompt  # tokens to prefill (prompt, or prompt + output so far after preemption)
         self.prefilled = 0
         self.generated = 0  # output tokens produced so far
@@ -277,10 +276,10 @@ class SimEngine:
         self.stats.prompt_tokens_admitted += r.target
         if self.prefix_cache is None or not r.blocks or r.prefilled:
             return
-        r.cached = self.prefix_cache.cached_tokens(r.blocks, r.target)
-        r.prefilled = r.cached
-        self.queued_prefill -= r.cached
-        self.stats.cached_tokens += r.cached
+        cached = self.prefix_cache.cached_tokens(r.blocks, r.target)
+        r.prefilled = cached
+        self.queued_prefill -= cached
+        self.stats.cached_tokens += cached
 
     def _take_chunks(self, budget: int, seats: int) -> list[tuple[SimRequest, int]]:
         """Sarathi: continue partial prompts, then start new ones, within ``budget`` tokens."""

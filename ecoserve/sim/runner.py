@@ -106,15 +106,18 @@ def step_requests(template: WorkloadTemplate, steps: RateSteps) -> list[Request]
 
 
 def run_best(cfg: SimConfig, requests: Sequence[Request], rate: float | None = None, *,
-             on_progress: OnProgress | None = None) -> RunResult:  # fmt: skip
+             on_progress: OnProgress | None = None, setup: Callable[[Cluster], None] | None = None) -> RunResult:  # fmt: skip
     """``simulate`` each candidate configuration (``cluster.candidates``) and keep
     the one with the highest attainment (ties: lower P90 TTFT).
-    ``on_progress(done, total, detail)``: requests done over all candidates."""
+    ``on_progress(done, total, detail)``: requests done over all candidates;
+    ``setup``: given each candidate's cluster (``cluster.config`` is the result's
+    ``config`` for the one kept)."""
     best: RunResult | None = None
     tried = []
     cands = candidates(cfg)
     for k, cand in enumerate(cands):
-        res = simulate(cand, requests, rate, on_progress=_of_candidate(on_progress, k, cands, len(requests)))
+        res = simulate(cand, requests, rate, on_progress=_of_candidate(on_progress, k, cands, len(requests)),
+                       setup=setup)  # fmt: skip
         tried.append({**_variant(cand), "attainment": res.attainment})
         if best is None or (res.attainment, -_p90(res)) > (best.attainment, -_p90(best)):
             best = res

@@ -110,6 +110,17 @@ class Timeline(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 seen.append(s.engine)
         return seen
 
+    def groups(self) -> list[tuple[str, list[str]]]:
+        """Lanes as drawn: each macro instance's engines, then the others as
+        ``other`` (``engines`` when there is no macro instance), as dashboard.js's
+        ``Store.groups`` does."""
+        out = [(m.name, list(m.engines)) for m in self.macros]
+        grouped = {e for _, es in out for e in es}
+        rest = [e for e in self.engines() if e not in grouped]
+        if rest:
+            out.append(("other" if out else "engines", rest))
+        return out
+
 
 class _Versioned(msgspec.Struct):
     version: str = ""

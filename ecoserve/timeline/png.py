@@ -27,11 +27,7 @@ def render_png(doc: Timeline, path: str | Path, *, dpi: int = 110) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups: list[tuple[str, list[str]]] = [(m.name, m.engines) for m in doc.macros]
-    grouped = {e for _, es in groups for e in es}
-    rest = [e for e in doc.engines() if e not in grouped]
-    if rest:
-        groups.append(("other" if groups else "engines", rest))
+    groups = doc.groups()
     rows = sum(len(es) for _, es in groups)
     fig, axes = plt.subplots(5, 1, figsize=(14, 2.0 + 0.32 * rows + 7.5), sharex=True,
                              gridspec_kw={"height_ratios": [max(1.5, 0.32 * rows), 1.3, 1.3, 1.3, 1.3]})  # fmt: skip

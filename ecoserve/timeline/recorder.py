@@ -153,7 +153,8 @@ class TimelineRecorder:
         if since is not None:
             doc.start = since
         else:
-            doc.start = min([*times, *(p.time for p in self._phases.after(0, None)), now])
+            oldest_phase = [self._phases.items[0][1]] if self._phases.items else []  # kept ones only
+            doc.start = min([*times, *oldest_phase, now])
         return doc
 
     def _phase_at_start(self, since: float | None) -> list[PhaseChange]:
