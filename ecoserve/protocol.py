@@ -94,6 +94,18 @@ class EngineAddresses(msgspec.Struct, frozen=True):
     command: str
 
 
+class PrefixCaching(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The engine's automatic prefix caching, as a coordinator needs it to tell
+    which prompts it holds (``ecoserve.engine.kv_hash``): its block-hash
+    algorithm and seed (``$PYTHONHASHSEED``, "" when unset), and the ZeroMQ
+    endpoint of its KV-cache events (``--kv-events-config``; "" when it
+    publishes none). Block size: ``EngineStatus.block_size``."""
+
+    hash_algo: str
+    hash_seed: str = ""
+    kv_events: str = ""
+
+
 class EngineStatus(msgspec.Struct, tag="status", tag_field="type"):
     """A snapshot of one engine, exact at ``time`` (taken on the engine thread)."""
 
@@ -119,6 +131,7 @@ class EngineStatus(msgspec.Struct, tag="status", tag_field="type"):
     addresses: EngineAddresses | None = None
     vllm_version: str = ""
     prompt_budget: int | None = None  # ``chunked``: the budget of its latest step
+    prefix_caching: PrefixCaching | None = None  # None: prefix caching off (or an older plugin)
 
 
 class ErrorReply(msgspec.Struct, tag="error", tag_field="type"):

@@ -34,7 +34,7 @@ from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.interface import PauseState
 from vllm.v1.core.sched.scheduler import Scheduler
 
-from ecoserve.protocol import PHASES, EngineStatus
+from ecoserve.protocol import PHASES, EngineStatus, PrefixCaching
 from vllm_plugin.budget import EngineBudget
 from vllm_plugin.control import Controller, install_engine_core_methods
 from vllm_plugin.phases import StepPlan, plan_step
@@ -85,6 +85,7 @@ class EcoServeSchedulerMixin:
         self._eco_blocked_at: tuple | None = None
         self.eco_budget = EngineBudget(self.max_num_scheduled_tokens)
         self.eco_control = Controller(self, _calling_engine_core())
+        self.eco_prefix_caching = _prefix_caching(self.vllm_config)
 
     # ---- phase control -------------------------------------------------------
     def eco_set_phase(self, phase: str) -> None:
@@ -272,7 +273,22 @@ class EcoServeSchedulerMixin:
             addresses=self.eco_control.addresses,
             vllm_version=VLLM_VERSION,
             prompt_budget=self.eco_budget.last if self.eco_phase == "chunked" else None,
+            prefix_caching=self.eco_prefix_caching,
         )
+
+
+def _prefix_caching(vllm_config) -> PrefixCaching | None:
+    """What a coordinator needs to know of this engine's prefix cache to
+    compute its block hashes and follow its KV-cache events (ZeroMQ only)."""
+    cache = vllm_config.cache_config
+    if not cache.enable_prefix_caching:
+        return None
+    events = vllm_config.kv_events_config
+    endpoint = ""
+    if events is not None and events.enable_kv_cache_events and events.publisher == "zmq":
+        endpoint = events.endpoint
+    return PrefixCaching(hash_algo=str(cache.prefix_caching_hash_algo),
+                         hash_seed=os.environ.get("PYTHONHASHSEED", ""), kv_events=endpoint)  # fmt: skip
 
 
 class EcoServeScheduler(EcoServeSchedulerMixin, Scheduler):

@@ -273,6 +273,15 @@ def _ensure_model(path: str, size: str) -> None:
     help="On SIGTERM/SIGINT: refuse new requests (503; /health 503) and let those in flight finish for up "
     "to this long, then stop the engines. A second signal stops at once.",
 )
+@click.option(
+    "--prefix-routing/--no-prefix-routing",
+    "prefix_routing",
+    default=True,
+    show_default=True,
+    help="Follow what each engine's prefix cache holds (its vLLM KV-cache events; engines started here publish "
+    "them on a local ipc:// socket, hashed with sha256_cbor) and prefer, inside the SLO check, the engine holding "
+    "the longest prefix of a prompt. Engines without prefix caching are not tracked.",
+)
 @quiet_option(short=False, legacy=False, help="No engine start-up progress (engines healthy / total) on stderr.")
 @policy_options
 @http_options
@@ -281,7 +290,8 @@ def serve(model, engines, engine_urls, launcher_kind, ray_address, host, port, p
           prefill_coeffs, profile_path, slack_mode, output_reservation, decode_margin_s, device,
           cpu_kv_cache_gib, tokenizer, engine_api_key, log_dir, startup_timeout, max_pending, max_body_bytes,
           generate_model, log_level, min_engines, max_engines, macro_min, macro_max, scale_cooldown, scale_in_hold,
-          ttft_window, replace_failed, shutdown_grace, engine_args, served_model_name, http, quiet) -> None:  # fmt: skip
+          ttft_window, replace_failed, shutdown_grace, engine_args, served_model_name, http, quiet,
+          prefix_routing) -> None:  # fmt: skip
     """Serve an OpenAI-compatible API (/v1/completions, /v1/chat/completions,
     /v1/models, /health, /metrics, /ecoserve/status) over vLLM engines
     scheduled by EcoServe. Arguments after -- go to every local vLLM engine
@@ -320,6 +330,7 @@ def serve(model, engines, engine_urls, launcher_kind, ray_address, host, port, p
         device=device, log_dir=log_dir, startup_timeout=startup_timeout, tokenizer=tokenizer,
         engine_api_key=engine_api_key, max_pending=max_pending, cpu_kv_cache_gib=cpu_kv_cache_gib,
         max_engines=max_engines, replace_failed=replace_failed, launcher=launcher, served_model_name=served_model_name,
+        prefix_routing=prefix_routing,
     )  # fmt: skip
     try:
         code = _run(_main(coord, sock, api_key, max_body_bytes, log_level, shutdown_grace, http, quiet=quiet))

@@ -166,9 +166,12 @@ class EngineHandle:
             raise UpstreamHTTPError(400, raw)
         return reply
 
-    async def tokenize(self, body: dict[str, Any]) -> int:
-        """Token count of a prompt or chat (``/tokenize`` takes either)."""
-        return int(_dec.decode(await self._call("POST", "/tokenize", body)).get("count"))
+    async def tokenize(self, body: dict[str, Any]) -> list[int]:
+        """The token ids of a prompt or chat (``/tokenize`` takes either)."""
+        tokens = _dec.decode(await self._call("POST", "/tokenize", body)).get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            raise ValueError(f"/tokenize answered {type(tokens).__name__}, not a list of token ids")
+        return tokens
 
     # ---- streaming ---------------------------------------------------------
     async def open_stream(self, path: str, body: bytes) -> UpstreamStream:

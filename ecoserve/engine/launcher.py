@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ecoserve.engine.kv_events import local_endpoint, publishing_args
 from ecoserve.engine.launcher_api import EngineLauncher, EngineStartError, LaunchedEngine, wait_healthy
 from ecoserve.engine.process import (
     PLUGIN_NAME, SCHEDULER_CLS, STOP_GRACE_S, EngineProcess, check_engine_args, engine_env, free_port, group_alive,
@@ -62,16 +63,21 @@ def build_engines(
     base_cmd: Sequence[str] | None = None,
     extra_env: dict[str, str] | None = None,
     ids: Sequence[str] | None = None,
+    kv_events: bool = True,
 ) -> list[LocalEngine]:
     """One engine per slot, not started (ids default to ``engine-<slot>``).
-    ``base_cmd`` replaces the vLLM command (tests use it to start stand-ins)."""
+    ``base_cmd`` replaces the vLLM command (tests use it to start stand-ins).
+    ``kv_events``: each engine publishes its KV-cache events on a local
+    ``ipc://`` endpoint, with block hashes the coordinator can compute
+    (``ecoserve.engine.kv_events``), unless the arguments say otherwise."""
     check_engine_args(engine_args)
     engines = []
     ids = list(ids) if ids is not None else [f"engine-{s.index}" for s in slots]
     for slot, eid in zip(slots, ids, strict=True):
         port = free_port(host)
         env = engine_env(extra_env or {}, slot.env, engine_id=eid, initial_phase=initial_phase)
-        cmd = vllm_command(model, port, engine_args, host=host, base_cmd=base_cmd)
+        args = [*publishing_args(engine_args, local_endpoint(eid, port)), *engine_args] if kv_events else engine_args
+        cmd = vllm_command(model, port, args, host=host, base_cmd=base_cmd)
         engines.append(LocalEngine(eid, host, port, log_dir / f"{eid}.log", cmd, env, slot))
     return engines
 

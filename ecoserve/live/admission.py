@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from ecoserve.live.tokenizer import Tokens
 from ecoserve.openai.errors import RequestError
 from ecoserve.openai.validation import CHAT, COMPLETIONS
 
@@ -28,8 +29,8 @@ _enc = msgspec.json.Encoder()
 
 
 class TokenCounter(Protocol):
-    async def count(self, kind: str, body: dict[str, Any]) -> list[int]:
-        """Prompt tokens of each prompt of the request."""
+    async def tokenize(self, kind: str, body: dict[str, Any]) -> Tokens:
+        """Prompt tokens of each prompt of the request (and a single prompt's ids)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,7 @@ class Admitted:
     max_tokens: int  # output tokens the request may produce, all choices and prompts together
     keep_usage: bool  # the client gets usage chunks
     keep_continuous: bool  # ... in every chunk
+    prompt_ids: Sequence[int] | None = None  # a single prompt's token ids, when known
 
 
 def served_names(value: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -69,7 +71,8 @@ class Admission:
             raise RequestError(404, f"The model `{asked}` does not exist.", param="model")
         body["model"] = model
         self.check_queue(waiting())
-        counts = await counter.count(kind, body)
+        tokens = await counter.tokenize(kind, body)
+        counts = tokens.counts
         self.check_queue(waiting())
         longest = max(counts, default=0)
         max_tokens = body.get("max_completion_tokens") if kind == CHAT else None
@@ -86,7 +89,7 @@ class Admission:
         body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
         n_prompts = max(1, len(counts)) if kind == COMPLETIONS else 1
         return Admitted(_enc.encode(body), sum(counts), max_tokens * int(body.get("n") or 1) * n_prompts,
-                        keep_usage, keep_continuous)  # fmt: skip
+                        keep_usage, keep_continuous, tokens.ids)  # fmt: skip
 
 
 def _check_context(kind: str, longest: int, max_tokens: int, max_model_len: int) -> None:

@@ -44,6 +44,7 @@ from ecoserve.live.autoscaler import LiveScaling
 from ecoserve.live.fleet import EngineRecord, Fleet, LaunchSettings
 from ecoserve.live.generation import Generation, outcome_of
 from ecoserve.live.observer import Observer, Observers
+from ecoserve.live.prefixes import LivePrefixes
 from ecoserve.live.status import layout, status_document
 from ecoserve.live.tokenizer import EngineTokenizer, LocalTokenizer
 from ecoserve.metrics import tpot_of
@@ -67,6 +68,9 @@ from ecoserve.policy import (
 log = logging.getLogger("ecoserve.coordinator")
 
 TICK_S = 0.01  # re-offer pending requests this often while any wait
+# Prompts longer than this have their block hashes computed on a worker thread
+# (about 0.05 ms per 128-token block on this machine: 1.7 ms for 4,096 tokens), not on the loop.
+INLINE_HASH_TOKENS = 2048
 _dec = msgspec.json.Decoder()
 
 
@@ -80,6 +84,9 @@ class Coordinator:
     (e.g. ``["--max-model-len", "2048", "--tensor-parallel-size", "2"]``).
     ``served_model_name`` (vLLM's ``--served-model-name``): the name(s) requests
     may use, the first reported in replies (default: the engines' own).
+    ``prefix_routing``: follow what each engine's prefix cache holds (its
+    KV-cache events where it publishes them, live/prefixes.py) and let the
+    policy prefer the engine holding a prompt's prefix, inside its SLO check.
     """
 
     def __init__(
@@ -107,6 +114,7 @@ class Coordinator:
         max_engines: int | None = None,
         replace_failed: bool = True,
         served_model_name: str | Sequence[str] | None = None,
+        prefix_routing: bool = True,
     ) -> None:
         if config is None:
             config = PolicyConfig(policy, SLO(slo_ttft, slo_tpot), prefill_coeffs=prefill_coeffs,
@@ -134,8 +142,9 @@ class Coordinator:
             # The most engines that may run at once (a local launcher plans its cores or GPUs for this many).
             max_engines=max(engines, max_engines or 0, self.autoscale.max_instances if self.autoscale else 0),
         )  # fmt: skip
+        self.prefixes = LivePrefixes(enabled=prefix_routing)
         self.fleet = Fleet(self, self.router, self.predictor, settings, launcher=launcher,
-                           engine_api_key=engine_api_key)  # fmt: skip
+                           engine_api_key=engine_api_key, prefixes=self.prefixes)  # fmt: skip
         self.admission = Admission(max_pending)
         self._flights: dict[str, Generation] = {}
         self._waiting: set[str] = set()  # submitted, not placed yet
@@ -322,14 +331,19 @@ class Coordinator:
         except RequestError as e:  # refused before it reached the policy
             self.observer.on_done(e.outcome, None, None)
             raise
+        ids = adm.prompt_ids
+        if ids is not None and len(ids) > INLINE_HASH_TOKENS:
+            blocks = await asyncio.to_thread(self.prefixes.blocks_of, ids)
+        else:
+            blocks = self.prefixes.blocks_of(ids)
         self._ids += 1
         gen = Generation(self, f"eco-{self._ids}", kind, adm.upstream_body, keep_usage=adm.keep_usage,
                          keep_continuous=adm.keep_continuous, arrival=arrival, rename=self._rename)  # fmt: skip
         self._flights[gen.id] = gen
         self._waiting.add(gen.id)
         try:
-            self.apply(self.router.submit(RequestState(gen.id, arrival, adm.prompt_tokens, adm.max_tokens),
-                                          time.monotonic()))  # fmt: skip
+            self.apply(self.router.submit(RequestState(gen.id, arrival, adm.prompt_tokens, adm.max_tokens,
+                                                       blocks=blocks), time.monotonic()))  # fmt: skip
             await gen.wait_and_open()
         except BaseException as e:
             await gen.aclose("aborted" if isinstance(e, asyncio.CancelledError) else outcome_of(e))

@@ -30,11 +30,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ecoserve.engine.handle import EngineHandle, EngineUnreachable, UpstreamHTTPError
+from ecoserve.engine.kv_event_stream import KVEventSubscriber
 from ecoserve.engine.launcher import LocalLauncher
 from ecoserve.engine.launcher_api import EngineLauncher, LaunchedEngine, OnProgress
 from ecoserve.engine.process import SCHEDULER_CLS
 from ecoserve.engine.resources import default_cpu_kv_gib
 from ecoserve.engine.status_stream import StatusSubscriber
+from ecoserve.live.prefixes import LivePrefixes
 from ecoserve.policy import Action, InstanceState, PrefillTimePredictor, Router
 from ecoserve.protocol import EngineStatus, StepRecord
 
@@ -108,8 +110,10 @@ class LaunchSettings:
 
 class Fleet:
     def __init__(self, host: FleetHost, router: Router, predictor: PrefillTimePredictor, settings: LaunchSettings,
-                 *, launcher: EngineLauncher | None = None, engine_api_key: str | None = None) -> None:  # fmt: skip
+                 *, launcher: EngineLauncher | None = None, engine_api_key: str | None = None,
+                 prefixes: LivePrefixes | None = None) -> None:  # fmt: skip
         self.host = host
+        self.prefixes = prefixes if prefixes is not None else LivePrefixes(enabled=False)
         self.router = router
         self.predictor = predictor
         self.settings = settings
@@ -191,7 +195,9 @@ class Fleet:
         rec = EngineRecord(eid, url, handle, model, mml, kv, launched=launched, initial_phase=status.phase,
                            observed=status)  # fmt: skip
         self.engines[eid] = rec
-        inst = InstanceState(eid, kv_capacity_tokens=kv, url=url, max_requests=status.max_num_seqs or None)
+        prefix = self.prefixes.index_for(eid, url, status)
+        inst = InstanceState(eid, kv_capacity_tokens=kv, url=url, max_requests=status.max_num_seqs or None,
+                             prefix=prefix)  # fmt: skip
         # Make the engine match the policy's starting state before it gets a request.
         rec.desired_phase = self.router.initial_phase.value
         rec.phase_dirty.set()
@@ -199,11 +205,17 @@ class Fleet:
         if status.addresses is not None and status.addresses.status:
             sub = StatusSubscriber(status.addresses.status, lambda st, rec=rec: self.observe_status(rec, st))
             rec.tasks.append(asyncio.create_task(sub.run(), name=f"ecoserve-status-{eid}"))
+        events = self.prefixes.engines[eid].events if prefix is not None else ""
+        if events:
+            kv_sub = KVEventSubscriber(events, lambda b, eid=eid: self.prefixes.apply(eid, b),
+                                       on_gap=lambda n, eid=eid: self.prefixes.lost(eid, n))  # fmt: skip
+            rec.tasks.append(asyncio.create_task(kv_sub.run(), name=f"ecoserve-kv-events-{eid}"))
         where = macro() if callable(macro) else macro
         if where is not None:
             where = min(where, len(self.router.layout()))
         self.host.apply(self.router.add_instance(inst, time.monotonic(), macro=where))
-        log.info("engine %s at %s: model %s, KV %d tokens, phase %s", eid, url, model, kv, rec.desired_phase)
+        log.info("engine %s at %s: model %s, KV %d tokens, phase %s, prefix cache %s", eid, url, model, kv,
+                 rec.desired_phase, "untracked" if prefix is None else "from KV events" if events else "estimated")
 
     async def detach(self, rec: EngineRecord) -> None:
         """Stop watching an engine that left the routing (drained or failed);
@@ -214,6 +226,7 @@ class Fleet:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         rec.tasks.clear()
+        self.prefixes.forget(rec.id)
         await self._hand_back(rec)
         if rec.launched is not None and self.launcher is not None:
             await self.launcher.stop([rec.launched])
@@ -414,6 +427,7 @@ class Fleet:
         self.requeued_total += self.host.engine_failed(rec.id, why)
         for t in rec.tasks:
             t.cancel()
+        self.prefixes.forget(rec.id)
         macro = None
         if self.router.has_macros:
             with contextlib.suppress(KeyError, ValueError):

@@ -22,7 +22,8 @@ def layout(router: Router) -> list[dict[str, Any]]:
     return [{"name": name, "instances": ids} for name, ids in zip(router.group_names(), groups)]
 
 
-def instance_status(rec: EngineRecord, inst: InstanceState | None, router: Router) -> dict[str, Any]:
+def instance_status(rec: EngineRecord, inst: InstanceState | None, router: Router,
+                    prefix_cache: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     obs = rec.observed
     macro = None
     if inst is not None:
@@ -43,6 +44,8 @@ def instance_status(rec: EngineRecord, inst: InstanceState | None, router: Route
         "kv_capacity_tokens": rec.kv_capacity_tokens,
         "kv_reserved_tokens": inst.kv_reserved if inst is not None else 0,
         "commanded_phase": rec.acked_phase,
+        # How its prefix cache is tracked (live/prefixes.py); None: not tracked.
+        "prefix_cache": prefix_cache,
         "pid": rec.launched.pid if rec.launched is not None else None,
         "log": str(rec.launched.log_path) if rec.launched is not None and rec.launched.log_path else None,
         "engine": None if obs is None else {
@@ -64,7 +67,8 @@ def status_document(*, policy: str, slo: SLO, fleet: Fleet, router: Router, pred
         "pending": pending,
         "in_flight": in_flight,
         "predictor": {"correction": predictor.correction, "observations": predictor.observations},
-        "instances": [instance_status(rec, states.get(rec.id), router) for rec in fleet.engines.values()],
+        "instances": [instance_status(rec, states.get(rec.id), router, fleet.prefixes.summary(rec.id))
+                      for rec in fleet.engines.values()],
         "layout": layout(router),
         "launcher": fleet.launcher.name if fleet.launcher is not None else None,
         "launching": fleet.launching,

@@ -5,7 +5,9 @@ tokens each; equal hashes, equal prefixes, as in vLLM's prefix cache and
 Mooncake's traces). ``cached_tokens`` is the longest leading run of the
 prompt's blocks present, in tokens, never the whole prompt (the last token is
 always computed: it yields the first output token). ``insert`` records blocks
-as most recently used and evicts the least recently used beyond ``capacity``.
+as most recently used and evicts the least recently used beyond ``capacity``;
+``remove`` and ``clear`` follow the engine's own evictions where it reports
+them (vLLM's KV-cache events: ``live/prefixes.py``).
 
 The policy keeps one per instance as its estimate of the engine's cache (the
 blocks it sent there; the engine may have evicted sooner or later), all sharing
@@ -76,6 +78,16 @@ class PrefixIndex:
             b, _ = held.popitem(last=False)
             if d is not None:
                 d.discard(b, self.owner)
+
+    def remove(self, blocks: Sequence[int]) -> None:
+        """The engine evicted these blocks (its KV-cache events say so)."""
+        held = self._blocks
+        d = self.directory
+        for b in blocks:
+            if b in held:
+                del held[b]
+                if d is not None:
+                    d.discard(b, self.owner)
 
     def clear(self) -> None:
         if self.directory is not None:

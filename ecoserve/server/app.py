@@ -38,7 +38,7 @@ from ecoserve.server.cors import CorsSettings, add_cors
 from ecoserve.server.dashboard import dashboard_router
 from ecoserve.server.docs import install_docs
 from ecoserve.server.metrics import CONTENT_TYPE, Metrics
-from ecoserve.server.relay import ClientGone, DisconnectWatcher, SSEResponse
+from ecoserve.server.relay import ClientGone, DisconnectWatcher, SSEResponse, engine_header
 from ecoserve.server.retry_after import RetryAdvisor
 from ecoserve.openai.schemas import ChatCompletionRequest, CompletionRequest, ErrorResponse, ModelCard, ModelList
 from ecoserve.openai.validation import check_values
@@ -189,12 +189,13 @@ def create_app(coord: Coordinator, *, api_key: str | Sequence[str] | None = None
             return SSEResponse(gen, watcher)
         try:
             reply = await watcher.run(gen.result())
+            served_by = dict((k.decode(), v.decode()) for k, v in engine_header(gen))
         except ClientGone:
             return Response(status_code=499)
         finally:
             watcher.stop()
             await gen.aclose()
-        return Response(_enc.encode(reply), media_type="application/json")
+        return Response(_enc.encode(reply), media_type="application/json", headers=served_by)
 
     @app.post("/v1/completions", dependencies=auth, responses={**_ERRORS, **_STREAM_DOC}, tags=["openai"])
     async def completions(req: CompletionRequest, request: Request) -> Any:

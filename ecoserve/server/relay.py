@@ -66,6 +66,13 @@ class DisconnectWatcher:
         self._task.cancel()
 
 
+ENGINE_HEADER = "x-ecoserve-engine"  # which engine served the request (its id in /ecoserve/status)
+
+
+def engine_header(gen: Generation) -> list[tuple[bytes, bytes]]:
+    return [(ENGINE_HEADER.encode(), gen.instance_id.encode())] if gen.instance_id else []
+
+
 class SSEResponse(Response):
     """An ASGI response streaming a generation as server-sent events."""
 
@@ -83,7 +90,7 @@ class SSEResponse(Response):
                 "type": "http.response.start",
                 "status": 200,
                 "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                            (b"x-accel-buffering", b"no")],
+                            (b"x-accel-buffering", b"no"), *engine_header(self.gen)],
             })  # fmt: skip
             async for batch in self.gen.payloads():
                 if len(batch) == 1:

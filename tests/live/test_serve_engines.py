@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import signal
+import statistics
 import time
 
 import httpx
@@ -30,7 +31,7 @@ START_TIMEOUT_S = 420  # two engines on a shared 2-core machine
 @pytest.fixture(scope="module")
 def served(tiny_model, tmp_path_factory, start_serve):
     s = start_serve(["--model", str(tiny_model), "--engines", "2", "--slo-ttft", "0.1", "--slo-tpot", "0.1",
-                     "--", "--max-model-len", "512", "--enforce-eager", "--dtype", "bfloat16"],
+                     "--", "--max-model-len", "1024", "--enforce-eager", "--dtype", "bfloat16"],
                     tmp_path_factory.mktemp("serve"))  # fmt: skip
     pids = []
     try:
@@ -228,6 +229,77 @@ def test_dashboard_shows_real_engines_prefill_windows(served, client):
             return ls.length ? ls.map(l => l.dataset.engine) : null; })()""", timeout=30)
         assert set(lanes) <= {i["id"] for i in served.status()["instances"]}
         assert b.eval("document.querySelectorAll('.phase[data-phase=prefill]').length") > 0
+    _idle(served)
+
+
+def _first_token(served, prompt: list[int]) -> tuple[float, str]:
+    """(TTFT in seconds, the engine that served it) of one streamed completion."""
+    t = time.perf_counter()
+    body = {"model": served.model, "prompt": prompt, "max_tokens": 2, "stream": True}
+    with httpx.stream("POST", served.url + "/v1/completions", json=body, timeout=120) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                return time.perf_counter() - t, r.headers["x-ecoserve-engine"]
+    raise AssertionError("no token")
+
+
+def _engine_counter(url: str, name: str) -> float:
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in {url}/metrics")
+
+
+def test_a_shared_prefix_goes_to_the_engine_holding_it(served):
+    """Engines started by `serve` publish their KV-cache events; the coordinator
+    follows them. A burst spreads eight long prompts over both engines; each
+    prompt's continuation, sent alone afterwards (when rolling activation by
+    itself would keep one engine), goes to the engine holding its prefix, and
+    that engine reports the prefix as a cache hit. Then the same prefix twice,
+    in a row: the second's TTFT is lower (median of five pairs)."""
+    import random
+
+    _idle(served)
+    rng = random.Random(15)
+    prompts = [[rng.randrange(5, 1000) for _ in range(900)] for _ in range(8)]  # 7 full 128-token blocks each
+
+    async def burst() -> list[str]:
+        async with httpx.AsyncClient(timeout=120) as c:
+            async def one(p: list[int]) -> str:
+                r = await c.post(served.url + "/v1/completions", json={"model": served.model, "prompt": p, "max_tokens": 4})
+                assert r.status_code == 200, r.text
+                return r.headers["x-ecoserve-engine"]
+            return await asyncio.gather(*(one(p) for p in prompts))
+
+    holders = asyncio.run(burst())
+    assert len(set(holders)) == 2, f"the burst stayed on one engine: {holders}"
+    st = served.status()
+    urls = {i["id"]: i["url"] for i in st["instances"]}
+    assert all(i["prefix_cache"]["source"] == "kv-events" for i in st["instances"]), st["instances"]
+    deadline = time.time() + 15  # the events of the last prefills are on their way
+    while time.time() < deadline:
+        blocks = {i["id"]: i["prefix_cache"]["blocks"] for i in served.status()["instances"]}
+        if all(blocks[e] >= 7 * holders.count(e) for e in urls):
+            break
+        time.sleep(0.2)
+    assert all(blocks[e] >= 7 * holders.count(e) for e in urls), (blocks, holders)
+    _idle(served)
+    for p, holder in zip(prompts, holders):
+        hits = _engine_counter(urls[holder], "vllm:prefix_cache_hits_total")
+        _, engine = _first_token(served, p[:880] + [3, 1, 4])
+        assert engine == holder
+        assert _engine_counter(urls[holder], "vllm:prefix_cache_hits_total") - hits >= 6 * 128
+    routed = httpx.get(served.url + "/metrics").text
+    assert 'reason="prefix"' in routed  # the policy's own account of those detours
+
+    first, second = [], []
+    for _ in range(5):
+        p = [rng.randrange(5, 1000) for _ in range(1000)]
+        first.append(_first_token(served, p)[0])
+        time.sleep(0.3)  # its blocks' events reach the coordinator
+        second.append(_first_token(served, p[:960] + [2, 7])[0])
+    assert statistics.median(second) < statistics.median(first), (first, second)
     _idle(served)
 
 

@@ -1,0 +1,121 @@
+"""The coordinator's record of each engine's prefix cache (ecoserve/live/prefixes.py),
+kept by the KV-cache events an engine publishes (decoded by ecoserve/engine/kv_events.py,
+received by ecoserve/engine/kv_event_stream.py), and the flags that make engines publish them."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from ecoserve.engine.kv_event_stream import KVEventSubscriber
+from ecoserve.engine.kv_events import (
+    AllBlocksCleared, BlockRemoved, BlockStored, KVEventBatch, publishing_args, subscribe_address,
+)  # fmt: skip
+from ecoserve.engine.kv_hash import HASH_ALGO, block_hashes, external
+from ecoserve.live.prefixes import LivePrefixes
+from ecoserve.policy import RequestState
+from ecoserve.protocol import EngineStatus, PrefixCaching
+
+
+def _status(block_size: int = 128, blocks: int = 64, *, algo: str = HASH_ALGO, seed: str = "",
+            events: str = "ipc:///tmp/x.sock", caching: bool = True) -> EngineStatus:  # fmt: skip
+    return EngineStatus(engine_id="e", seq=1, time=0.0, phase="decode", phase_since=0.0, activity="idle",
+                        activity_since=0.0, step=0, num_waiting=0, num_prefilling=0, num_decoding=0,
+                        kv_blocks_free=blocks, kv_blocks_total=blocks, block_size=block_size, max_num_seqs=8,
+                        max_num_batched_tokens=2048,
+                        prefix_caching=PrefixCaching(algo, seed, events) if caching else None)  # fmt: skip
+
+
+def _stored(hashes: list[int], size: int = 128) -> BlockStored:
+    return BlockStored(block_hashes=hashes, parent_block_hash=None, token_ids=[], block_size=size)
+
+
+def test_the_index_follows_stored_removed_and_cleared_events():
+    p = LivePrefixes()
+    ids = list(range(5, 5 + 3 * 128 + 50))
+    idx = p.index_for("e0", "http://127.0.0.1:9", _status())
+    assert idx is not None and idx.block_tokens == 128 and idx.capacity == 64
+    blocks = p.blocks_of(ids)
+    assert blocks == tuple(external(h) for h in block_hashes(ids, 128)) and len(blocks) == 3
+    other = (11, 12)
+    p.apply("e0", KVEventBatch(1.0, [_stored(list(blocks)), _stored(list(other))]))
+    assert {b for b in blocks + other if b in idx} == set(blocks + other)
+    p.apply("e0", KVEventBatch(2.0, [BlockRemoved(block_hashes=[blocks[1]])]))
+    assert idx.matched_blocks(blocks) == 1 and blocks[2] in idx  # a hole ends the cached prefix
+    req = RequestState("r", 0.0, len(ids), 4, blocks=blocks)
+    assert idx.cached_tokens(req.blocks, req.prompt_tokens) == 128
+    p.apply("e0", KVEventBatch(3.0, [AllBlocksCleared()]))
+    assert len(idx) == 0 and p.directory.matches(blocks) == {}
+    # Hashes as bytes (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0) are the same blocks.
+    p.apply("e0", KVEventBatch(4.0, [_stored(block_hashes(ids, 128))]))
+    assert idx.matched_blocks(blocks) == 3
+    # Blocks of another size, or with extra keys (LoRA, multimodal), are not ours to match.
+    p.apply("e0", KVEventBatch(5.0, [_stored([99], size=16), BlockStored([98], None, [], 128, lora_id=3)]))
+    assert 99 not in idx and 98 not in idx
+    assert p.summary("e0")["source"] == "kv-events" and p.summary("e0")["event_batches"] == 5
+
+
+def test_two_engines_share_one_directory_and_leaving_forgets():
+    p = LivePrefixes()
+    a = p.index_for("a", "http://127.0.0.1:1", _status())
+    b = p.index_for("b", "http://127.0.0.1:2", _status())
+    blocks = p.blocks_of(list(range(300)))
+    p.apply("a", KVEventBatch(1.0, [_stored(list(blocks))]))
+    p.apply("b", KVEventBatch(1.0, [_stored(list(blocks[:1]))]))
+    assert p.directory.matches(blocks) == {"a": 2, "b": 1}
+    p.forget("a")
+    assert p.directory.matches(blocks) == {"b": 1} and p.summary("a") is None
+    p.apply("a", KVEventBatch(2.0, [AllBlocksCleared()]))  # a late batch of an engine gone: ignored
+    assert a is not None and b is not None and len(b) == 1
+
+
+def test_engines_we_cannot_match_are_not_tracked_by_events():
+    p = LivePrefixes()
+    assert p.blocks_of([1, 2, 3] * 100) == ()  # no engine yet: nothing to hash for
+    assert p.index_for("off", "http://h:1", _status(caching=False)) is None
+    assert p.index_for("e0", "http://h:1", _status(seed="7")) is not None
+    assert p.blocks_of(list(range(200))) == tuple(external(h) for h in block_hashes(list(range(200)), 128, seed="7"))
+    assert p.index_for("e1", "http://h:2", _status(block_size=16)) is None  # other blocks: other hashes
+    assert p.index_for("e2", "http://h:3", _status(seed="8")) is None
+    pickled = p.index_for("e3", "http://h:4", _status(seed="7", algo="sha256"))
+    assert pickled is not None and p.summary("e3")["source"] == "routed"  # its events hash a pickle
+    assert p.index_for("e4", "http://h:5", _status(seed="7", events="")).__class__.__name__ == "PrefixIndex"
+    assert p.summary("e4")["source"] == "routed"
+    assert LivePrefixes(enabled=False).index_for("e", "http://h:1", _status()) is None
+
+
+def test_subscriber_counts_malformed_messages_and_lost_batches():
+    got: list[KVEventBatch] = []
+    lost: list[int] = []
+    sub = KVEventSubscriber("ipc:///nowhere", got.append, on_gap=lost.append)
+
+    def msg(seq: int) -> list[bytes]:
+        return [b"", seq.to_bytes(8, "big"), msgspec.msgpack.encode([float(seq), [{"type": "AllBlocksCleared"}], None])]
+
+    sub.handle(msg(7))
+    sub.handle(msg(8))
+    sub.handle([b"only one frame"])
+    sub.handle([b"", (9).to_bytes(8, "big"), b"\xc1"])  # not msgpack
+    sub.handle(msg(12))
+    assert len(got) == 3 and sub.malformed == 2 and lost == [3] and sub.lost == 3
+
+
+def test_publishing_args_leave_the_users_own_settings():
+    args = publishing_args([], "ipc:///tmp/e.sock")
+    assert args[:2] == ["--prefix-caching-hash-algo", HASH_ALGO]
+    config = msgspec.json.decode(args[3])
+    assert args[2] == "--kv-events-config" and config == {
+        "enable_kv_cache_events": True, "publisher": "zmq", "endpoint": "ipc:///tmp/e.sock"}
+    assert publishing_args(["--no-enable-prefix-caching"], "ipc:///x") == []
+    assert publishing_args(["--prefix-caching-hash-algo=xxhash"], "ipc:///x")[0] == "--kv-events-config"
+    assert publishing_args(["--kv_events_config", "{}"], "ipc:///x") == ["--prefix-caching-hash-algo", HASH_ALGO]
+
+
+@pytest.mark.parametrize(("endpoint", "url", "want"), [
+    ("tcp://*:5557", "http://10.0.0.7:8000", "tcp://10.0.0.7:5557"),
+    ("tcp://0.0.0.0:5557", "http://[::1]:8000", "tcp://[::1]:5557"),
+    ("ipc:///tmp/kv.sock", "http://10.0.0.7:8000", "ipc:///tmp/kv.sock"),
+    ("tcp://10.0.0.8:5557", "http://10.0.0.7:8000", "tcp://10.0.0.8:5557"),
+])  # fmt: skip
+def test_subscribe_address(endpoint, url, want):
+    assert subscribe_address(endpoint, url) == want
