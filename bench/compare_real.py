@@ -52,6 +52,7 @@ from pathlib import Path
 import httpx
 
 from ecoserve.bench.peers import VllmRouter
+from ecoserve.engine.kv_events import local_endpoint, publishing_args
 from ecoserve.engine.process import EngineProcess, engine_env, stop_engines, vllm_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,8 +69,9 @@ ROUTER_PEERS = {"router-rr-256": ("round_robin", 256), "router-rr-512": ("round_
                 "router-rr-1024": ("round_robin", 1024), "router-rr": ("round_robin", None),
                 "router-cache": ("cache_aware", None), "router-cache-256": ("cache_aware", 256),
                 "router-p2c": ("power_of_two", None), "router-p2c-256": ("power_of_two", 256)}
-WORKLOADS = ("sharegpt-half", "azure-quarter", "longbench-quarter")
-SYSTEMS = ("ecoserve", "round-robin", "least-loaded", "fudg-1p1d", *ROUTER_PEERS)
+WORKLOADS = ("sharegpt-half", "azure-quarter", "longbench-quarter", "chat-small")
+# ecoserve-noprefix: EcoServe with --no-prefix-routing (the prefix-routing ablation)
+SYSTEMS = ("ecoserve", "ecoserve-noprefix", "round-robin", "least-loaded", "fudg-1p1d", *ROUTER_PEERS)
 DEFAULT_SYSTEMS = ("ecoserve", "router-rr-256", "router-rr-512", "router-rr-1024", "router-rr", "router-cache",
                    "router-p2c")
 LONG_CONTEXT = 2000  # prompt + output of longbench-quarter; the engines' --max-model-len is 2048
@@ -98,6 +100,8 @@ def start_engine(port: int, core: int, log: Path, *, plugin: bool, kv_dir: str |
                  budget: int | None = None) -> EngineProcess:  # fmt: skip
     # host None: vLLM's default; plugin False: stock vLLM, no EcoServe plugin loaded at all
     extra = ["--max-num-batched-tokens", str(budget)] if budget else []
+    if plugin:  # as `ecoserve serve` starts its own: KV-cache events for the coordinator's prefix index
+        extra += publishing_args(ENGINE_ARGS, local_endpoint(f"bench{core}", port))
     cmd = vllm_command(MODEL, port, ENGINE_ARGS + extra, host=None, plugin=plugin)
     env = engine_env({"VLLM_CPU_OMP_THREADS_BIND": str(core), "VLLM_CPU_KVCACHE_SPACE": KV_GIB,
                       "VLLM_SERVER_DEV_MODE": "1"}, plugin=plugin)  # fmt: skip
@@ -111,6 +115,19 @@ def start_engine(port: int, core: int, log: Path, *, plugin: bool, kv_dir: str |
             # it ("shape mismatch: [1280, 4, 128] ... [1920, 4, 128]", seen at 1.75 req/s).
             cmd += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", "2048"]
     return _spawn(cmd, log, env)
+
+
+def prefix_counters(urls: list[str]) -> tuple[float, float]:
+    """Prompt tokens the engines found in their prefix caches, and looked up, so far
+    (their vllm:prefix_cache_hits_total and _queries_total, summed)."""
+    hits = queries = 0.0
+    for u in urls:
+        for line in httpx.get(u + "/metrics", timeout=30).text.splitlines():
+            if line.startswith("vllm:prefix_cache_hits_total{"):
+                hits += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("vllm:prefix_cache_queries_total{"):
+                queries += float(line.rsplit(" ", 1)[1])
+    return hits, queries
 
 
 def reset_prefix_cache(urls: list[str]) -> None:
@@ -179,6 +196,7 @@ def write_workloads(out: Path, n: int) -> dict[str, Path]:
     """Scaled copies of the two workloads as Mooncake-style JSONL traces."""
     from ecoserve.workload import WorkloadTemplate, default_azure_path, load_trace
     from ecoserve.workload.arrivals import times_from_gaps, unit_gaps
+    from ecoserve.workload.sessions import ChatSessions, chat_trace
 
     d = out / "workloads"
     d.mkdir(parents=True, exist_ok=True)
@@ -200,12 +218,25 @@ def write_workloads(out: Path, n: int) -> dict[str, Path]:
         o = max(1, round(o * 0.25))
         rows.append((t, min(max(4, round(p * 0.25)), LONG_CONTEXT - o), o))
     paths["longbench-quarter"] = _write_jsonl(d / "longbench-quarter.jsonl", rows)
+    # Multi-turn chat (ecoserve.workload.sessions) sized for these slow engines (a 1,000-token prefill
+    # takes ~2 s on one core): 4 shared system prompts of 512 tokens, turns re-sending their history up
+    # to 1,500 tokens; the block hashes go with the trace, so `ecoserve bench` sends prompts that really
+    # share those prefixes.
+    chat = chat_trace(ChatSessions(sessions=max(20, n // 3), system_prompts=4, system_tokens=512,
+                                   user_tokens=(30, 150), answer_tokens=(30, 120), max_prompt_tokens=1500,
+                                   think_s=10.0, seed=0)).head(n)  # fmt: skip
+    rows = list(zip(chat.times, chat.prompts, chat.outputs, chat.blocks))
+    paths["chat-small"] = _write_jsonl(d / "chat-small.jsonl", rows)
     return paths
 
 
 def _write_jsonl(path: Path, rows) -> Path:
     with open(path, "w") as f:
-        f.writelines(json.dumps({"timestamp": round(t * 1000, 3), "input_length": p, "output_length": o}) + "\n" for t, p, o in rows)
+        for t, p, o, *blocks in rows:
+            row = {"timestamp": round(t * 1000, 3), "input_length": p, "output_length": o}
+            if blocks:
+                row["hash_ids"] = list(blocks[0])
+            f.write(json.dumps(row) + "\n")
     return path
 
 
@@ -302,6 +333,7 @@ def sweep(rec: Recorder, label: str, url: str, wl: str, path: Path, rates: list[
                "--dataset", str(path), "--num-requests", str(counts[rate]), "--rates", f"{rate:g}", "--slo-ttft", str(slo["slo_ttft"]),
                "--slo-tpot", str(slo["slo_tpot"]), "--label", label, "--timeout", "900", "--no-progress", "--json"]
         load_before = os.getloadavg()[0]
+        cache_before = prefix_counters(engines)
         try:
             obj = rec.run_json(cmd, rec.out / "raw" / f"{label}-{wl}-{rate:g}.json")
         except RuntimeError as e:  # the server died: say so, do not sweep on against it
@@ -310,6 +342,10 @@ def sweep(rec: Recorder, label: str, url: str, wl: str, path: Path, rates: list[
                 steps.stop()
             break
         run = obj["results"][0]["runs"][0]
+        hits, queries = (a - b for a, b in zip(prefix_counters(engines), cache_before))
+        # The engines' own account of their prefix caches during the run (vllm:prefix_cache_*).
+        run["engine_prefix_hit_rate"] = round(hits / queries, 4) if queries else None
+        run["engine_prefix_hit_tokens"] = int(hits)
         # the machine is shared: the 1-minute load average says how busy it was
         run["host_load_1min"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
         if steps is not None:
@@ -401,6 +437,7 @@ def main() -> None:
     ap.add_argument("--rates-sharegpt-half", default="1.25,1.75,2.5")
     ap.add_argument("--rates-azure-quarter", default="2,3,4")
     ap.add_argument("--rates-longbench-quarter", default="0.3,0.6,0.9")
+    ap.add_argument("--rates-chat-small", default="0.5,1,1.5")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help=f"of {', '.join(WORKLOADS)}")
     ap.add_argument("--cross-check-rate", type=float, default=1.0,
                     help="rate of the vllm bench serve cross-check (0: none): random prompts of 200 tokens "
@@ -476,7 +513,9 @@ def main() -> None:
                 # one front door per workload: EcoServe routes by the workload's SLOs
                 port = 18210 + i
                 url = f"http://127.0.0.1:{port}"
-                cmd = [PY, "-m", "ecoserve.cli", "serve", "--policy", system, "--port", str(port),
+                policy = ["--policy", "ecoserve", "--no-prefix-routing"] if system == "ecoserve-noprefix" else [
+                    "--policy", system]
+                cmd = [PY, "-m", "ecoserve.cli", "serve", *policy, "--port", str(port),
                        "--slo-ttft", str(slos[wl]["slo_ttft"]), "--slo-tpot", str(slos[wl]["slo_tpot"]),
                        "--profile", str(profile_path), "--tokenizer", str(MODEL),
                        "--engine-url", e_urls[0], "--engine-url", e_urls[1]]  # fmt: skip

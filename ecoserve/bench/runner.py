@@ -41,7 +41,7 @@ def bench_once(
     ``on_progress(finished, total, "sent S[, failed F]")`` hears of every
     request sent and every one that ends (failures included in ``finished``)."""
     requests = template.at_rate(rate, n)
-    prompts = [synth.make(r.prompt_tokens, prompt_form) for r in requests]
+    prompts = [synth.make(r.prompt_tokens, prompt_form, r.blocks) for r in requests]
     counts = {"sent": 0, "done": 0, "failed": 0}
 
     def report() -> None:

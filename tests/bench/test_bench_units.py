@@ -35,6 +35,24 @@ def test_prompts_differ_from_the_first_token(synth):
     assert a.split()[:4] != b.split()[:4]  # no shared prefix for the prefix cache to reuse
 
 
+@pytest.mark.parametrize("form", ["text", "ids"])
+def test_prompts_share_exactly_the_blocks_their_hashes_share(synth, form):
+    # Mooncake's and the chat generator's block hashes become real shared prefixes.
+    tok = synth.tok
+    ids = (lambda p: p) if form == "ids" else (lambda p: tok(p, add_special_tokens=True)["input_ids"])
+    a = ids(synth.make(1100, form, blocks=(7, 8)))
+    b = ids(synth.make(1300, form, blocks=(7, 8, 9)))
+    c = ids(synth.make(1100, form, blocks=(7, 5)))
+    assert (len(a), len(b), len(c)) == (1100, 1300, 1100)
+    head = synth.special if form == "text" else 0
+    assert a[: head + 1024] == b[: head + 1024] and a[head + 1024 :] != b[head + 1024 : head + 1100]
+    assert a[: head + 512] == c[: head + 512] and a[head + 512 : head + 1024] != c[head + 512 : head + 1024]
+    short = ids(synth.make(512 + head, form, blocks=(7,)))  # no room for the block and a fresh last token
+    assert short[head : head + 8] != a[head : head + 8]
+    again = PromptSynthesizer(tok, seed=1)  # another run: new salt, nothing shared with this one
+    assert ids(again.make(1100, form, blocks=(7, 8)))[head : head + 64] != a[head : head + 64]
+
+
 def test_too_short_text_prompt_is_a_clear_error(synth):
     with pytest.raises(ValueError, match="at least"):
         synth.text(synth.special)
