@@ -25,7 +25,9 @@ Three tests, in the paper's order; the first that fails is reported:
    which the mean does not.
 3. Memory. r reserves its prompt plus a share of its output tokens
    (``output_reservation``, 1.0 = all of max_tokens: it never runs out of KV
-   mid-decode). Fails if that does not fit in the instance's free KV, or
+   mid-decode), less the prompt blocks it would share with requests already
+   holding them there (``InstanceState.shared_tokens``: vLLM's prefix cache
+   shares them, so only new blocks count). Fails if that does not fit in the instance's free KV, or
    (``SEATS``) if the engine already holds as many requests as it can run.
 """
 
@@ -81,9 +83,10 @@ class ConstraintChecker:
         # for observers (the simulator's analysis); it must not decide anything.
         self.on_check: Callable[[InstanceState, RequestState, CheckResult, float], None] | None = None
 
-    def kv_need(self, req: RequestState) -> int:
-        """KV tokens r reserves when routed."""
-        return req.prompt_tokens + math.ceil(self.output_reservation * req.max_output_tokens)
+    def kv_need(self, req: RequestState, inst: InstanceState | None = None) -> int:
+        """KV tokens r reserves when routed (to ``inst``: besides the blocks it shares there)."""
+        shared = inst.shared_tokens(req) if inst is not None else 0
+        return req.prompt_tokens - shared + math.ceil(self.output_reservation * req.max_output_tokens)
 
     def checked(self, inst: InstanceState, req: RequestState, now: float) -> CheckResult:
         """``check``, reported to ``on_check``: what routers call."""
@@ -114,7 +117,7 @@ class ConstraintChecker:
                 slack = inst.min_slack(now, self.slo.tpot)
             if slack < stall + self.decode_margin_s:
                 return CheckResult(Constraint.TPOT, t_total, stall)
-        if self.kv_need(req) > inst.kv_free:
+        if self.kv_need(req, inst) > inst.kv_free:
             return CheckResult(Constraint.MEMORY, t_total, stall)
         if not inst.has_seat:
             return CheckResult(Constraint.SEATS, t_total, stall)

@@ -5,6 +5,13 @@ check is O(1) rather than a walk over its requests: the open window's size,
 unstarted count and predicted prefill total; the decoders' (every request with
 a first token) count, output tokens and first-token times (mean slack =
 (TPOT * tokens + t_first) / n - now); and the KV tokens its requests hold.
+
+KV reservations share prompt blocks as vLLM's prefix cache does: once a
+request has its first token, its prompt's full blocks are in the engine's KV,
+and a later request whose prompt starts with them uses them instead of its
+own. Such blocks are in ``pooled`` (block -> requests using it) and counted
+once in ``kv_reserved``; a request's own ``kv_reserved`` is the rest of what
+it holds. So ``kv_reserved == sum(r.kv_reserved) + block_tokens * len(pooled)``.
 Every change goes through the transition methods below, which keep them exact;
 ``window()`` and ``decoding()`` recompute membership from scratch.
 """
@@ -55,6 +62,8 @@ class InstanceState:
     # The policy's estimate of the engine's prefix cache (policy/prefix_index.py);
     # None: prefixes are not considered.
     prefix: PrefixIndex | None = None
+    # Prompt blocks in the engine's KV that requests share (see the module docstring).
+    pooled: dict[int, int] = field(default_factory=dict)
     # min over decoders of (TPOT * tokens + t_first), for one TPOT; None: stale.
     # Cached because a routing walk or a re-offer checks an instance many times
     # between two changes of its decoders.
@@ -78,6 +87,25 @@ class InstanceState:
         if self.prefix is None or not req.blocks:
             return 0
         return self.prefix.cached_tokens(req.blocks, req.prompt_tokens)
+
+    def shared_blocks(self, req: RequestState) -> int:
+        """How many of ``req``'s leading blocks it would share from the pool here
+        (never the block holding its last token: that token is always computed)."""
+        pooled = self.pooled
+        if self.prefix is None or not req.blocks or not pooled:
+            return 0
+        most = (req.prompt_tokens - 1) // self.prefix.block_tokens
+        n = 0
+        for b in req.blocks[:most]:
+            if b not in pooled:
+                break
+            n += 1
+        return n
+
+    def shared_tokens(self, req: RequestState) -> int:
+        """KV tokens of ``req``'s prompt it would not need here: blocks shared from the pool."""
+        n = self.shared_blocks(req)
+        return n * self.prefix.block_tokens if n else 0
 
     def in_window(self, req: RequestState) -> bool:
         return self.window_start is not None and req.window == self.window_seq
@@ -139,6 +167,11 @@ class InstanceState:
         self.phase, self.phase_since = phase, now
 
     def place(self, req: RequestState, in_window: bool) -> None:
+        """``req.kv_reserved``: what it needs here besides the blocks it shares
+        (``shared_blocks``, taken from the pool now)."""
+        req.pooled = req.blocks[: self.shared_blocks(req)]
+        for b in req.pooled:
+            self.pooled[b] += 1
         self.requests[req.id] = req
         self.kv_reserved += req.kv_reserved
         self.kv_used += req.prompt_tokens
@@ -166,6 +199,19 @@ class InstanceState:
         self.dec_tfirst += req.first_token_at
         self.kv_used += req.tokens_out
         self._min_key = None
+        if self.prefix is not None and req.blocks:
+            self._pool_prompt(req)
+
+    def _pool_prompt(self, req: RequestState) -> None:
+        """Its prompt is in the engine's KV: its own full blocks join the pool
+        (moved from its reservation, the total unchanged), except those another
+        request computed at the same time (the engine holds both copies)."""
+        pooled, bt = self.pooled, self.prefix.block_tokens
+        mine = [b for b in req.blocks[len(req.pooled) :] if b not in pooled]
+        for b in mine:
+            pooled[b] = 1
+        req.pooled += tuple(mine)
+        req.kv_reserved -= bt * len(mine)
 
     def add_tokens(self, req: RequestState, count: int) -> None:
         """``count`` more tokens for a request that had started before."""
@@ -177,6 +223,15 @@ class InstanceState:
     def leave(self, req: RequestState) -> None:
         del self.requests[req.id]
         self.kv_reserved -= req.kv_reserved
+        if req.pooled:
+            pooled, bt = self.pooled, self.prefix.block_tokens
+            for b in req.pooled:
+                if pooled[b] == 1:
+                    del pooled[b]
+                    self.kv_reserved -= bt
+                else:
+                    pooled[b] -= 1
+            req.pooled = ()
         self.kv_used -= req.prompt_tokens + req.tokens_out
         if self.in_window(req):
             self.window_size -= 1

@@ -38,8 +38,8 @@ class MacroInstance(TrackingRouter):
         # 512-token block: what vLLM and Mooncake reuse at the least).
         self.affinity_min_tokens = affinity_min_tokens
 
-    def kv_need(self, req: RequestState) -> int:
-        return self.checker.kv_need(req)
+    def kv_need(self, req: RequestState, inst: InstanceState | None = None) -> int:
+        return self.checker.kv_need(req, inst)
 
     def admits(self, inst: InstanceState, req: RequestState, now: float) -> Constraint | None:
         if not inst.accepting:

@@ -26,6 +26,9 @@ class RequestState:
     # instance's prefix cache may already hold. Empty: unknown, nothing reused.
     blocks: tuple[int, ...] = ()
     cached_tokens: int = 0  # prompt tokens predicted to come from its instance's cache, when routed
+    # The blocks of its prompt it shares in its instance's pool (InstanceState.pooled):
+    # counted there once, not in its own kv_reserved.
+    pooled: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.prompt_tokens < 0 or self.max_output_tokens < 1:

@@ -40,9 +40,11 @@ class TrackingRouter(Router):
         Used to re-offer the queue to the one instance whose state changed."""
         return None if inst.accepting else Constraint.NO_INSTANCE
 
-    def kv_need(self, req: RequestState) -> int:
-        """KV tokens ``req`` reserves once routed."""
-        return req.prompt_tokens + req.max_output_tokens
+    def kv_need(self, req: RequestState, inst: InstanceState | None = None) -> int:
+        """KV tokens ``req`` reserves once routed (to ``inst``: besides the prompt
+        blocks it shares there, ``InstanceState.shared_tokens``)."""
+        shared = inst.shared_tokens(req) if inst is not None else 0
+        return req.prompt_tokens - shared + req.max_output_tokens
 
     def never_fits(self, req: RequestState) -> str | None:
         """Why ``req`` can never be served by any current instance, or None."""
@@ -137,6 +139,7 @@ class TrackingRouter(Router):
             req.routed_at = req.instance_id = req.window = None
             req.trickled = False
             req.kv_reserved = 0
+            req.pooled = ()
             self._pending.appendleft(req)
             self._pending_ids.add(req.id)
         inst.requests.clear()
@@ -188,7 +191,7 @@ class TrackingRouter(Router):
             self.took(inst)
         req.routed_at = now
         req.instance_id = inst.id
-        req.kv_reserved = self.kv_need(req)
+        req.kv_reserved = self.kv_need(req, inst)
         extra, in_window = self.on_placing(inst, req, now)
         inst.place(req, in_window)
         self._requests[req.id] = req

@@ -60,7 +60,7 @@ class TrickleMacroInstance(MacroInstance):
         return math.ceil((inst.trickle_tokens + req.prompt_tokens) / chunk) * step
 
     def _can_hold(self, inst: InstanceState, req: RequestState) -> bool:
-        return inst.accepting and inst.has_seat and self.checker.kv_need(req) <= inst.kv_free
+        return inst.accepting and inst.has_seat and self.checker.kv_need(req, inst) <= inst.kv_free
 
     def _trickle_choice(self, req: RequestState) -> InstanceState | None:
         best, best_key = None, None

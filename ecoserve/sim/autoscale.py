@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from ecoserve.metrics import RequestRecord, percentile
 from ecoserve.policy import InstanceState, Merge, MitosisPlanner, ScaleIn, ScaleOut, Split, carry_out, join_macro
 from ecoserve.policy.actions import Action
+from ecoserve.policy.prefix_index import PrefixIndex
 from ecoserve.sim.core import RouterDriver, Simulator
 from ecoserve.sim.engine import SimEngine, SimRequest
 
@@ -40,7 +41,9 @@ class SimAutoscaler:
         *,
         launch_delay_s: float,
         interval_s: float = 1.0,
+        prefix_of: Callable[[SimEngine], PrefixIndex | None] | None = None,
     ) -> None:
+        """``prefix_of(engine)``: the policy's prefix index for an engine that joins."""
         if launch_delay_s < 0 or interval_s <= 0:
             raise ValueError("need launch_delay_s >= 0 and interval_s > 0")
         self.sim = sim
@@ -48,6 +51,7 @@ class SimAutoscaler:
         self.router = driver.router
         self.planner = planner
         self.new_engine = new_engine
+        self.prefix_of = prefix_of
         self.launch_delay_s = launch_delay_s
         self.interval_s = interval_s
         self.launching = 0
@@ -97,7 +101,8 @@ class SimAutoscaler:
         self.driver.flush(now)
         self.driver.add_engine(engine)
         macro = join_macro(self.router, self.planner.cfg)
-        inst = InstanceState(engine.id, engine.capacity, max_requests=engine.max_num_seqs)
+        inst = InstanceState(engine.id, engine.capacity, max_requests=engine.max_num_seqs,
+                             prefix=self.prefix_of(engine) if self.prefix_of is not None else None)  # fmt: skip
         self.driver.apply(self.router.add_instance(inst, now, macro=macro), now)
         self._event(now, "join", instance=eid, macro=macro)
         self._consult(now)  # a macro instance past N_u splits at once

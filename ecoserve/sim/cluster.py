@@ -294,6 +294,7 @@ def build(cfg: SimConfig) -> Cluster:
     pcfg = cfg.policy_config(PolicyConfig.points_of(model.prefill_points()), decode_points)
     predictor = pcfg.predictor()
     router = pcfg.build_router(predictor)
+    directory = PrefixDirectory()  # which instance holds which block, for the router's lookups
     if cfg.policy in ("ecoserve", "ecoserve-trickle"):
         # ecoserve-trickle's engines chunk at its trickle budget in CHUNKED (policy/trickle.py)
         budget = pcfg.trickle_budget if cfg.policy == "ecoserve-trickle" else None
@@ -303,7 +304,6 @@ def build(cfg: SimConfig) -> Cluster:
                              node=int(eid[1:]), prefix_cache=cfg.prefix_cache)  # fmt: skip
 
         engines = [new_engine(f"i{k}") for k in range(cfg.instances)]
-        directory = PrefixDirectory()  # which instance holds which block, for the router's lookups
         for k, e in enumerate(engines):
             inst = InstanceState(e.id, e.capacity, max_requests=e.max_num_seqs,
                                  prefix=cfg.prefix_index(e.capacity, e.id, directory))  # fmt: skip
@@ -341,7 +341,8 @@ def build(cfg: SimConfig) -> Cluster:
         planner = pcfg.planner()
         assert planner is not None
         cluster.autoscaler = SimAutoscaler(sim, driver, planner, launched, launch_delay_s=cfg.launch_delay_s,
-                                           interval_s=cfg.scale_interval_s)
+                                           interval_s=cfg.scale_interval_s,
+                                           prefix_of=lambda e: cfg.prefix_index(e.capacity, e.id, directory))
         cluster.autoscaler.start(0.0)
     return cluster
 

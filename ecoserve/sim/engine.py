@@ -58,7 +58,7 @@ class SimRequest:
     __slots__ = (
         "id", "arrival", "prompt", "output", "target", "prefilled", "generated", "kv", "first_token",
         "finish", "engine", "reported", "rejected", "prefill_engine", "decode_engine", "transfer_s",
-        "preempted", "max_tokens", "blocks",
+        "preempted", "max_tokens", "blocks", "pooled",
     )
 
     def __init__(self, rid: str, arrival: float, prompt: int, output: int, max_tokens: int | None = None) -> None:
@@ -68,6 +68,7 @@ class SimRequest:
         self.output = output  # the true length: it finishes after this many tokens
         self.max_tokens = max_tokens or output  # its client's bound: what the policy reserves for
         self.blocks: tuple[int, ...] = ()  # its prompt's full-block hashes (prefix caching)
+        self.pooled: tuple[int, ...] = ()  # of them, those it shares in its engine's KV (SimEngine._pool)
         self.target = prompt  # tokens to prefill (prompt, or prompt + output so far after preemption)
         self.prefilled = 0
         self.generated = 0  # output tokens produced so far
@@ -158,10 +159,15 @@ class SimEngine:
         self.stats = EngineStats()
         # vLLM's automatic prefix caching: full blocks of computed prompts, LRU,
         # as many as the KV memory holds (the same structure the policy keeps
-        # as its estimate of it, policy/prefix_index.py). Hits save compute;
-        # a request still reserves KV for its whole prompt (vLLM shares the
-        # cached blocks, so this overstates the memory a hit needs).
+        # as its estimate of it, policy/prefix_index.py). Hits save compute,
+        # and memory: running requests share the prompt blocks they have in
+        # common, as vLLM's block pool does. ``_pool``: block -> requests using
+        # it, for the blocks of prompts already computed; ``kv_used`` counts
+        # every request's whole context (``r.kv``, also its attention span), so
+        # ``kv_shared`` is what that counts twice: BLOCK_TOKENS x (uses - blocks).
         self.prefix_cache = PrefixIndex(max(1, self.capacity // BLOCK_TOKENS), BLOCK_TOKENS) if prefix_cache else None
+        self._pool: dict[int, int] = {}
+        self.kv_shared = 0
         # The step (or decode segment) in progress.
         self.busy = False
         self.version = 0
@@ -197,8 +203,7 @@ class SimEngine:
 
     def release(self, req: SimRequest, now: float) -> None:
         """Prefill pool: the request's KV has left; free it."""
-        self.kv_used -= req.kv
-        req.kv = 0
+        self._free(req)
         self.kick(now)
 
     def set_phase(self, phase: Phase, now: float, kick: bool = True) -> None:
@@ -246,7 +251,53 @@ class SimEngine:
 
     @property
     def kv_free(self) -> int:
-        return self.capacity - self.kv_used
+        return self.capacity - self.kv_used + self.kv_shared
+
+    def _shareable(self, r: SimRequest) -> int:
+        """Tokens of ``r``'s prompt it would share from the KV of running requests
+        (whole leading blocks, never the one of its last token)."""
+        pool = self._pool
+        if not pool or not r.blocks:
+            return 0
+        n = 0
+        for b in r.blocks[: (r.target - 1) // BLOCK_TOKENS]:
+            if b not in pool:
+                break
+            n += 1
+        return n * BLOCK_TOKENS
+
+    def _allocate(self, r: SimRequest) -> None:
+        """Admission: KV for its whole context, sharing the pooled blocks it starts with."""
+        self.kv_used += r.target
+        r.kv = r.target
+        n = self._shareable(r) // BLOCK_TOKENS
+        if n:
+            r.pooled = r.blocks[:n]
+            for b in r.pooled:
+                self._pool[b] += 1
+            self.kv_shared += n * BLOCK_TOKENS
+
+    def _pool_prompt(self, r: SimRequest) -> None:
+        """Its prompt is computed: its own full blocks become shareable (a block
+        another request computed at the same time stays its private copy)."""
+        pool = self._pool
+        mine = tuple(b for b in r.blocks[len(r.pooled) :] if b not in pool)
+        for b in mine:
+            pool[b] = 1
+        r.pooled += mine
+
+    def _free(self, r: SimRequest) -> None:
+        """Its KV leaves: its context, and its uses of pooled blocks."""
+        self.kv_used -= r.kv
+        r.kv = 0
+        pool = self._pool
+        for b in r.pooled:
+            if pool[b] == 1:
+                del pool[b]
+            else:
+                pool[b] -= 1
+                self.kv_shared -= BLOCK_TOKENS
+        r.pooled = ()
 
     def _take_prefills(self) -> list[tuple[SimRequest, int]]:
         """Whole prompts, oldest first, within the token budget, seat and KV limits."""
@@ -259,11 +310,10 @@ class SimEngine:
             need = r.target
             if chunks and tokens + need > self.budget:
                 break
-            if need > self.kv_free - self.watermark:
+            if need - self._shareable(r) > self.kv_free - self.watermark:
                 break
             waiting.popleft()
-            self.kv_used += need
-            r.kv = need
+            self._allocate(r)
             self._reuse_prefix(r)
             chunks.append((r, need - r.prefilled))
             tokens += need
@@ -293,11 +343,10 @@ class SimEngine:
         waiting = self.waiting
         while waiting and budget > 0 and seats > 0:
             r = waiting[0]
-            if r.target > self.kv_free - self.watermark:
+            if r.target - self._shareable(r) > self.kv_free - self.watermark:
                 break
             waiting.popleft()
-            self.kv_used += r.target
-            r.kv = r.target
+            self._allocate(r)
             self._reuse_prefix(r)
             self.partial.append(r)
             n = min(r.target - r.prefilled, budget)
@@ -317,8 +366,7 @@ class SimEngine:
 
     def _preempt(self, r: SimRequest) -> None:
         """vLLM recompute preemption: drop its KV, prefill prompt + output so far again."""
-        self.kv_used -= r.kv
-        r.kv = 0
+        self._free(r)
         r.target = r.prompt + r.generated
         r.prefilled = 0
         r.preempted += 1
@@ -448,6 +496,7 @@ class SimEngine:
                 done_prefill.append(r)
                 if self.prefix_cache is not None and r.blocks:
                     self.prefix_cache.insert(r.blocks)  # its full blocks are cached from now on
+                    self._pool_prompt(r)
         if done_prefill:
             partial = self.partial
             for r in done_prefill:
@@ -471,8 +520,7 @@ class SimEngine:
             fin = set(finished)
             self.running = [r for r in self.running if r not in fin]
             for r in finished:
-                self.kv_used -= r.kv
-                r.kv = 0
+                self._free(r)
                 r.finish = now
                 self.sim.note_finish(r, now)
                 driver.on_finish(self, r, now)

@@ -29,14 +29,17 @@ steps = st.lists(
 )
 
 
-def run(router, script, on_routed=None, prefix="r"):
-    """Drive a router with a random script; returns all actions in order."""
+def run(router, script, on_routed=None, prefix="r", blocks=None):
+    """Drive a router with a random script; returns all actions in order.
+    ``blocks(prompt_tokens, b)``: the request's prompt blocks (default: none)."""
     now, k, log = 0.0, 0, []
     live: list[str] = []
     for kind, dt, a, b in script:
         now += dt
         if kind == "submit":
             r = req(f"{prefix}{k}", prompt=a, out=b, at=now)
+            if blocks is not None:
+                r.blocks = blocks(a, b)
             k += 1
             out = router.submit(r, now)
             live.append(r.id)
@@ -64,7 +67,13 @@ def run(router, script, on_routed=None, prefix="r"):
 def assert_aggregates_exact(inst):
     """The O(1) running aggregates equal a recomputation from scratch."""
     window, dec = inst.window(), inst.decoding()
-    assert inst.kv_reserved == sum(r.kv_reserved for r in inst.requests.values())
+    pool = inst.prefix.block_tokens * len(inst.pooled) if inst.prefix is not None else 0
+    assert inst.kv_reserved == sum(r.kv_reserved for r in inst.requests.values()) + pool
+    users = {}
+    for r in inst.requests.values():
+        for b in r.pooled:
+            users[b] = users.get(b, 0) + 1
+    assert users == inst.pooled  # every pooled block counts exactly the requests sharing it
     assert inst.window_size == len(window)
     assert inst.window_unstarted == sum(1 for r in window if not r.started)
     assert abs(inst.window_pred - sum(r.predicted_prefill for r in window)) < 1e-9
@@ -104,6 +113,38 @@ def check_constraints_at_routing(router, act, now):
 def test_routed_requests_satisfy_the_checked_constraints(script, mode, n):
     m = macro(n=n, capacity=3000, mode=mode)
     run(m, script, on_routed=check_constraints_at_routing)
+
+
+@settings(max_examples=300, deadline=None)
+@given(script=steps, n=st.integers(1, 3))
+def test_shared_prompt_blocks_are_reserved_once_and_released_with_their_last_user(script, n):
+    """Prompts of three families share their leading 64-token blocks; a family's
+    blocks are pooled once the first of them started, and the pool empties as
+    its users leave (assert_aggregates_exact checks the counts after every event)."""
+    from ecoserve.policy.prefix_index import PrefixIndex
+
+    m = macro(n=n, capacity=3000)
+    for inst in m.instances():
+        inst.prefix = PrefixIndex(100, 64)
+
+    def blocks(prompt: int, b: int) -> tuple[int, ...]:
+        family = b % 3
+        return tuple(hash((family, i)) for i in range(prompt // 64))
+
+    run(m, script, on_routed=lambda router, act, now: assert_capacity(router, act), blocks=blocks)
+    for _ in range(100):  # finish everything, including what finishing lets in from the queue
+        live = [rid for inst in m.instances() for rid in inst.requests]
+        if not live:
+            break
+        for rid in live:
+            m.on_finish(rid, 100.0)
+    for inst in m.instances():
+        assert not inst.requests and inst.kv_reserved == 0 and inst.pooled == {}
+
+
+def assert_capacity(router, act):
+    inst = next(i for i in router.instances() if i.id == act.instance_id)
+    assert inst.kv_reserved <= inst.kv_capacity_tokens
 
 
 @settings(max_examples=300, deadline=None)

@@ -57,6 +57,36 @@ def test_predicted_prefill_counts_only_the_uncached_part():
     assert q.predict_uncached(3000, 2048) > q.predict(3000 - 2048)
 
 
+def test_the_kv_need_counts_only_blocks_no_started_request_holds():
+    m = indexed(macro(1, capacity=10 * B, ttft=10.0, tpot=10.0))
+    (inst,) = m.instances()
+    a = with_blocks("a", [1, 2, 3], prompt=3 * B + 10)
+    m.submit(a, 0.0)
+    b = with_blocks("b", [1, 2, 4], prompt=3 * B + 10)
+    assert m.kv_need(b, inst) == 3 * B + 10 + 10  # a has no first token: its blocks are not in the KV yet
+    m.on_tokens("a", 1, 0.5)  # a's prompt is in the KV now: its 3 blocks are pooled, out of its own share
+    assert inst.pooled == {1: 1, 2: 1, 3: 1} and a.kv_reserved == 10 + 10 and inst.kv_reserved == 3 * B + 20
+    assert m.kv_need(b, inst) == B + 10 + 10  # b shares blocks 1 and 2
+    m.submit(b, 0.6)
+    assert inst.pooled == {1: 2, 2: 2, 3: 1} and inst.kv_reserved == 3 * B + 20 + B + 20
+    # A prompt that fills its blocks exactly shares all but the block of its last token.
+    c = with_blocks("c", [1, 2], prompt=2 * B)
+    assert inst.shared_blocks(c) == 1
+    m.on_finish("a", 1.0)  # b still uses 1 and 2; a's block 3 leaves the KV
+    assert inst.pooled == {1: 1, 2: 1} and inst.kv_reserved == 2 * B + B + 20
+    m.on_finish("b", 1.1)
+    assert inst.pooled == {} and inst.kv_reserved == 0
+
+
+def test_a_shared_prefix_fits_where_a_copy_would_not():
+    m = indexed(macro(1, capacity=4 * B + 100, ttft=10.0, tpot=10.0))
+    a = with_blocks("a", [1, 2, 3], prompt=3 * B + 10)
+    m.submit(a, 0.0)
+    m.on_tokens("a", 1, 0.5)
+    assert routed(m.submit(with_blocks("b", [1, 2, 3], prompt=3 * B + 10), 0.6))  # 3 blocks shared: fits
+    assert not routed(m.submit(with_blocks("c", [9, 8, 7], prompt=3 * B + 10), 0.7))  # a copy would not
+
+
 # -- EcoServe: affinity inside the check -----------------------------------------------
 
 

@@ -84,3 +84,43 @@ def test_the_cli_defaults_the_cache_on_for_hashed_traces_and_reports_at_the_top_
     assert off["prefill_tokens_computed"] > on["prefill_tokens_computed"]
     blind = out("--no-prefix-routing")
     assert blind["config"]["prefix_routing"] is False
+
+
+def test_running_requests_share_their_common_prompt_blocks_in_memory():
+    """vLLM's block pool: 60 prompts of 16k tokens with the same first 31 blocks
+    fit in one instance's KV (~495k tokens) at once only if those blocks are
+    held once; without the cache each holds its own copy."""
+    from ecoserve.workload.workload import Request
+
+    reqs = [Request(f"r{i}", 0.001 * i, 16384, 200, blocks=tuple(range(1, 33))) for i in range(60)]
+    seen = {}
+    for cache in (True, False):
+        cfg = SimConfig(policy="sarathi", instances=1, chunk_size=512, prefix_cache=cache)
+        res = simulate(cfg, reqs, 1.0)
+        seen[cache] = res.stats["engine"]["max_batch"]
+        assert res.summary["finished"] == 60
+    assert seen[True] == 60 and seen[False] <= 494_962 // (16384 + 200)
+
+
+def test_instances_the_autoscaler_adds_get_a_prefix_index_too():
+    from ecoserve.sim import build
+
+    reqs = WorkloadTemplate("mooncake", num_requests=300, max_context=16384).at_rate(2.0)
+    cfg = SimConfig(policy="ecoserve", instances=2, slo_ttft=15.0, prefix_cache=True, autoscale=True,
+                    max_instances=6)  # fmt: skip
+    cluster = build(cfg)
+    cluster.sim.slo_ttft, cluster.sim.slo_tpot = cfg.slo_ttft, cfg.slo_tpot
+    router = cluster.driver.router
+    added, add = [], router.add_instance
+
+    def spy(inst, now, macro=None):
+        added.append(inst)
+        return add(inst, now, macro=macro)
+
+    router.add_instance = spy
+    cluster.sim.run(reqs)
+    assert added, "the load never made the autoscaler add an instance"
+    assert all(i.prefix is not None for i in added)
+    directory = added[0].prefix.directory
+    assert all(i.prefix.directory is directory for i in added)  # one directory with the first instances'
+    assert any(len(i.prefix) for i in added)  # and they were routed prompts through it
