@@ -282,6 +282,15 @@ def _ensure_model(path: str, size: str) -> None:
     "them on a local ipc:// socket, hashed with sha256_cbor) and prefer, inside the SLO check, the engine holding "
     "the longest prefix of a prompt. Engines without prefix caching are not tracked.",
 )
+@click.option(
+    "--kv-events/--no-kv-events",
+    "kv_events",
+    default=True,
+    show_default=True,
+    help="With --prefix-routing: follow the engines' KV-cache events where they publish them (exact, evictions "
+    "included). --no-kv-events: estimate each engine's cache from the prompts routed there (LRU, bounded by its "
+    "KV blocks), as for engines without events.",
+)
 @quiet_option(short=False, legacy=False, help="No engine start-up progress (engines healthy / total) on stderr.")
 @policy_options
 @http_options
@@ -291,7 +300,7 @@ def serve(model, engines, engine_urls, launcher_kind, ray_address, host, port, p
           cpu_kv_cache_gib, tokenizer, engine_api_key, log_dir, startup_timeout, max_pending, max_body_bytes,
           generate_model, log_level, min_engines, max_engines, macro_min, macro_max, scale_cooldown, scale_in_hold,
           ttft_window, replace_failed, shutdown_grace, engine_args, served_model_name, http, quiet,
-          prefix_routing) -> None:  # fmt: skip
+          prefix_routing, kv_events) -> None:  # fmt: skip
     """Serve an OpenAI-compatible API (/v1/completions, /v1/chat/completions,
     /v1/models, /health, /metrics, /ecoserve/status) over vLLM engines
     scheduled by EcoServe. Arguments after -- go to every local vLLM engine
@@ -330,7 +339,7 @@ def serve(model, engines, engine_urls, launcher_kind, ray_address, host, port, p
         device=device, log_dir=log_dir, startup_timeout=startup_timeout, tokenizer=tokenizer,
         engine_api_key=engine_api_key, max_pending=max_pending, cpu_kv_cache_gib=cpu_kv_cache_gib,
         max_engines=max_engines, replace_failed=replace_failed, launcher=launcher, served_model_name=served_model_name,
-        prefix_routing=prefix_routing,
+        prefix_routing=prefix_routing, kv_events=kv_events,
     )  # fmt: skip
     try:
         code = _run(_main(coord, sock, api_key, max_body_bytes, log_level, shutdown_grace, http, quiet=quiet))

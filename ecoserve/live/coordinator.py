@@ -86,7 +86,8 @@ class Coordinator:
     may use, the first reported in replies (default: the engines' own).
     ``prefix_routing``: follow what each engine's prefix cache holds (its
     KV-cache events where it publishes them, live/prefixes.py) and let the
-    policy prefer the engine holding a prompt's prefix, inside its SLO check.
+    policy prefer the engine holding a prompt's prefix, inside its SLO check;
+    ``kv_events`` False: estimate each cache from the blocks routed there only.
     """
 
     def __init__(
@@ -115,6 +116,7 @@ class Coordinator:
         replace_failed: bool = True,
         served_model_name: str | Sequence[str] | None = None,
         prefix_routing: bool = True,
+        kv_events: bool = True,
     ) -> None:
         if config is None:
             config = PolicyConfig(policy, SLO(slo_ttft, slo_tpot), prefill_coeffs=prefill_coeffs,
@@ -142,7 +144,7 @@ class Coordinator:
             # The most engines that may run at once (a local launcher plans its cores or GPUs for this many).
             max_engines=max(engines, max_engines or 0, self.autoscale.max_instances if self.autoscale else 0),
         )  # fmt: skip
-        self.prefixes = LivePrefixes(enabled=prefix_routing)
+        self.prefixes = LivePrefixes(enabled=prefix_routing, kv_events=kv_events)
         self.fleet = Fleet(self, self.router, self.predictor, settings, launcher=launcher,
                            engine_api_key=engine_api_key, prefixes=self.prefixes)  # fmt: skip
         self.admission = Admission(max_pending)
@@ -410,6 +412,9 @@ class Coordinator:
             if isinstance(a, Routed):
                 self.fleet.routed(a.instance_id)
                 self.observer.on_routed(a.instance_id, a.reason)
+                req = self.router.request(a.request_id)
+                if req is not None and req.blocks:
+                    self.prefixes.routed(a.instance_id, req.prompt_tokens, req.cached_tokens)
                 gen = self._flights.get(a.request_id)
                 if gen is not None:
                     self._waiting.discard(a.request_id)

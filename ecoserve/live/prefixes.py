@@ -46,16 +46,25 @@ class EnginePrefixes:
     removed: int = 0
     cleared: int = 0
     lost_batches: int = 0
+    # Of the prompts routed here with block hashes: their tokens, and those the
+    # policy predicted the engine's cache would serve (to hold against the
+    # engine's own vllm:prefix_cache_hits_total).
+    routed_prompt_tokens: int = 0
+    predicted_hit_tokens: int = 0
 
     def summary(self) -> dict[str, Any]:
         return {"source": "kv-events" if self.events else "routed", "blocks": len(self.index),
                 "capacity_blocks": self.index.capacity, "event_batches": self.batches,
-                "lost_batches": self.lost_batches}  # fmt: skip
+                "lost_batches": self.lost_batches, "routed_prompt_tokens": self.routed_prompt_tokens,
+                "predicted_hit_tokens": self.predicted_hit_tokens}  # fmt: skip
 
 
 class LivePrefixes:
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, *, kv_events: bool = True) -> None:
+        """``kv_events``: follow the engines' KV-cache events where they can be
+        matched; off, every index is the estimate from routed blocks."""
         self.enabled = enabled
+        self.kv_events = kv_events
         self.directory = PrefixDirectory()
         self.block_size: int | None = None  # tokens per block, from the first engine with prefix caching
         self.seed: str | None = None
@@ -75,7 +84,9 @@ class LivePrefixes:
                         "its prefix cache is not tracked", eid, status.block_size, seed, self.block_size, self.seed)
             return None
         events = subscribe_address(pc.kv_events, url) if pc.kv_events and pc.hash_algo == HASH_ALGO else ""
-        if pc.kv_events and not events:
+        if not self.kv_events:
+            events = ""
+        elif pc.kv_events and not events:
             log.warning("engine %s hashes its prefix cache with %s, not %s: its KV events cannot be matched; "
                         "tracking the blocks routed there instead", eid, pc.hash_algo, HASH_ALGO)  # fmt: skip
         index = PrefixIndex(max(1, status.kv_blocks_total), status.block_size, directory=self.directory, owner=eid)
@@ -106,6 +117,14 @@ class LivePrefixes:
             elif isinstance(ev, AllBlocksCleared):
                 ep.index.clear()
                 ep.cleared += 1
+
+    def routed(self, eid: str, prompt_tokens: int, predicted_hit: int) -> None:
+        """A prompt with block hashes went to the engine; the policy expected
+        ``predicted_hit`` of its tokens from the engine's cache."""
+        ep = self.engines.get(eid)
+        if ep is not None:
+            ep.routed_prompt_tokens += prompt_tokens
+            ep.predicted_hit_tokens += predicted_hit
 
     def lost(self, eid: str, batches: int) -> None:
         """Batches of events were published and never received: the index may

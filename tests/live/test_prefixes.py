@@ -53,6 +53,9 @@ def test_the_index_follows_stored_removed_and_cleared_events():
     p.apply("e0", KVEventBatch(5.0, [_stored([99], size=16), BlockStored([98], None, [], 128, lora_id=3)]))
     assert 99 not in idx and 98 not in idx
     assert p.summary("e0")["source"] == "kv-events" and p.summary("e0")["event_batches"] == 5
+    p.routed("e0", 700, 512)
+    p.routed("nobody", 700, 512)  # an engine gone: ignored
+    assert (p.summary("e0")["routed_prompt_tokens"], p.summary("e0")["predicted_hit_tokens"]) == (700, 512)
 
 
 def test_two_engines_share_one_directory_and_leaving_forgets():
@@ -82,6 +85,8 @@ def test_engines_we_cannot_match_are_not_tracked_by_events():
     assert p.index_for("e4", "http://h:5", _status(seed="7", events="")).__class__.__name__ == "PrefixIndex"
     assert p.summary("e4")["source"] == "routed"
     assert LivePrefixes(enabled=False).index_for("e", "http://h:1", _status()) is None
+    estimated = LivePrefixes(kv_events=False)
+    assert estimated.index_for("e", "http://h:1", _status()) is not None and estimated.summary("e")["source"] == "routed"
 
 
 def test_subscriber_counts_malformed_messages_and_lost_batches():
