@@ -66,18 +66,21 @@ class PrefixIndex:
     def insert(self, blocks: Sequence[int]) -> None:
         """The engine computed (or reused) these blocks: most recently used now."""
         held = self._blocks
-        d = self.directory
+        new = []
         for b in blocks:
             if b in held:
                 held.move_to_end(b)
             else:
                 held[b] = None
-                if d is not None:
-                    d.add(b, self.owner)
-        while len(held) > self.capacity:
-            b, _ = held.popitem(last=False)
+                new.append(b)
+        d = self.directory
+        if new and d is not None:
+            d.add_all(new, self.owner)
+        over = len(held) - self.capacity
+        if over > 0:
+            gone = [held.popitem(last=False)[0] for _ in range(over)]
             if d is not None:
-                d.discard(b, self.owner)
+                d.discard_all(gone, self.owner)
 
     def remove(self, blocks: Sequence[int]) -> None:
         """The engine evicted these blocks (its KV-cache events say so)."""
@@ -109,16 +112,30 @@ class PrefixDirectory:
         self._memo: tuple[object, int, dict[str, int]] | None = None
 
     def add(self, block: int, owner: str) -> None:
-        self._holders.setdefault(block, set()).add(owner)
+        self.add_all((block,), owner)
+
+    def add_all(self, blocks: Sequence[int], owner: str) -> None:
+        holders = self._holders
+        for b in blocks:
+            h = holders.get(b)
+            if h is None:
+                holders[b] = {owner}
+            else:
+                h.add(owner)
         self._version += 1
 
     def discard(self, block: int, owner: str) -> None:
-        h = self._holders.get(block)
-        if h is not None:
-            h.discard(owner)
-            self._version += 1
-            if not h:
-                del self._holders[block]
+        self.discard_all((block,), owner)
+
+    def discard_all(self, blocks: Sequence[int], owner: str) -> None:
+        holders = self._holders
+        for b in blocks:
+            h = holders.get(b)
+            if h is not None:
+                h.discard(owner)
+                if not h:
+                    del holders[b]
+        self._version += 1
 
     def matches(self, blocks: Sequence[int]) -> dict[str, int]:
         """Owner -> how many of ``blocks``, from the first, it holds (only owners
