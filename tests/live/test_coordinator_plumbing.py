@@ -148,6 +148,8 @@ async def test_http_front_door_auth_models_metrics():
                 assert (await c.get("/v1/models", headers=auth)).json()["data"][0]["id"] == "fake-model"
                 r = await c.post("/v1/completions", json={"prompt": "p", "max_tokens": 2}, headers=auth)
                 assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+                engine = coord.status()["instances"][0]["id"]
+                assert r.headers["x-ecoserve-engine"] == engine  # which engine served it
                 for bad in (
                     {"prompt": []},
                     {"prompt": "p", "n": 0},
@@ -162,3 +164,8 @@ async def test_http_front_door_auth_models_metrics():
                 assert 'ecoserve_requests_total{outcome="success"} 1.0' in m
                 assert 'ecoserve_requests_total{outcome="client_error"}' in m
                 assert "/v1/completions" in (await c.get("/openapi.json")).json()["paths"]
+                body = {"prompt": "p", "max_tokens": 2, "stream": True}
+                async with c.stream("POST", "/v1/completions", json=body, headers=auth) as s:
+                    assert s.headers["x-ecoserve-engine"] == engine
+                    await s.aread()
+                assert coord.status()["instances"][0]["prefix_cache"] is None  # a stand-in has no prefix cache
