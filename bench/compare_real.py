@@ -14,10 +14,17 @@ VLLM_CPU_OMP_THREADS_BIND=0 / 1), same workloads and SLOs:
 - fudg-1p1d:     1 prefill + 1 decode stock vLLM engine with ExampleConnector KV
                  transfer through a temporary directory, behind
                  `python -m ecoserve.bench.disagg_proxy`;
+- ecoserve-noprefix: EcoServe with --no-prefix-routing, the prefix-routing ablation;
+  ecoserve-estimated: with --no-kv-events, each engine's cache estimated from the
+  prompts routed there;
 - router-rr, router-cache, router-rr-256: what a user would run instead: vllm-router
                  (PyPI) with its round_robin or cache_aware policy over 2 stock vLLM
                  engines, at vLLM's default token budget (2048) or at 256
-                 (``ecoserve.bench.peers``).
+                 (``ecoserve.bench.peers``); router-kv: its kv_aware policy, fed by
+                 the stock engines' KV-cache events.
+Every engine except fudg-1p1d's publishes its KV-cache events (ipc://, sha256_cbor
+block hashes), as `ecoserve serve` starts its own; prefix caching is on everywhere
+(vLLM's default).
 Every measurement is `ecoserve bench sweep` (the exact command lines are logged
 to OUT/commands.txt); the engines' prefix caches are reset before each run so
 no system profits from prompts another one sent.
@@ -27,7 +34,11 @@ Workloads (files under OUT/workloads, replayed time-scaled to each rate, so
 - sharegpt-half: the ShareGPT-like synthetic lengths of ecoserve.workload
   (means 344 / 237 tokens), both lengths x0.5, Poisson arrivals;
 - azure-quarter: the Azure conversation trace's first requests, both lengths
-  x0.25, its own arrival times (burstiness kept).
+  x0.25, its own arrival times (burstiness kept);
+- longbench-quarter: long documents, short answers (LongBench-like lengths x0.25);
+- chat-small: multi-turn chat sessions (ecoserve.workload.sessions) whose prompts
+  really share system prompts and histories (the trace's block hashes become
+  shared tokens in `ecoserve bench`).
 SLOs are derived from the profile of engine 0 (see `slos_from_profile`).
 """
 
@@ -68,10 +79,13 @@ HARDWARE = "1 core (VLLM_CPU_OMP_THREADS_BIND=0) of the 2-core host, bf16, vllm-
 ROUTER_PEERS = {"router-rr-256": ("round_robin", 256), "router-rr-512": ("round_robin", 512),
                 "router-rr-1024": ("round_robin", 1024), "router-rr": ("round_robin", None),
                 "router-cache": ("cache_aware", None), "router-cache-256": ("cache_aware", 256),
-                "router-p2c": ("power_of_two", None), "router-p2c-256": ("power_of_two", 256)}
+                "router-p2c": ("power_of_two", None), "router-p2c-256": ("power_of_two", 256),
+                "router-kv": ("kv_aware", None)}
 WORKLOADS = ("sharegpt-half", "azure-quarter", "longbench-quarter", "chat-small")
-# ecoserve-noprefix: EcoServe with --no-prefix-routing (the prefix-routing ablation)
-SYSTEMS = ("ecoserve", "ecoserve-noprefix", "round-robin", "least-loaded", "fudg-1p1d", *ROUTER_PEERS)
+# EcoServe variants: the prefix-routing ablation, and the cache estimate from routed prompts
+# alone (no KV events), each `serve --policy ecoserve` with these flags.
+ECOSERVE_VARIANTS = {"ecoserve-noprefix": ["--no-prefix-routing"], "ecoserve-estimated": ["--no-kv-events"]}
+SYSTEMS = ("ecoserve", *ECOSERVE_VARIANTS, "round-robin", "least-loaded", "fudg-1p1d", *ROUTER_PEERS)
 DEFAULT_SYSTEMS = ("ecoserve", "router-rr-256", "router-rr-512", "router-rr-1024", "router-rr", "router-cache",
                    "router-p2c")
 LONG_CONTEXT = 2000  # prompt + output of longbench-quarter; the engines' --max-model-len is 2048
@@ -100,8 +114,10 @@ def start_engine(port: int, core: int, log: Path, *, plugin: bool, kv_dir: str |
                  budget: int | None = None) -> EngineProcess:  # fmt: skip
     # host None: vLLM's default; plugin False: stock vLLM, no EcoServe plugin loaded at all
     extra = ["--max-num-batched-tokens", str(budget)] if budget else []
-    if plugin:  # as `ecoserve serve` starts its own: KV-cache events for the coordinator's prefix index
-        extra += publishing_args(ENGINE_ARGS, local_endpoint(f"bench{core}", port))
+    # KV-cache events, as `ecoserve serve` starts its engines with: for the coordinator's prefix
+    # index, and for vllm-router's kv_aware policy over stock engines (the other peers ignore them).
+    if not kv_dir:
+        extra += publishing_args(ENGINE_ARGS, kv_events_endpoint(core, port, plugin=plugin))
     cmd = vllm_command(MODEL, port, ENGINE_ARGS + extra, host=None, plugin=plugin)
     env = engine_env({"VLLM_CPU_OMP_THREADS_BIND": str(core), "VLLM_CPU_KVCACHE_SPACE": KV_GIB,
                       "VLLM_SERVER_DEV_MODE": "1"}, plugin=plugin)  # fmt: skip
@@ -128,6 +144,35 @@ def prefix_counters(urls: list[str]) -> tuple[float, float]:
             elif line.startswith("vllm:prefix_cache_queries_total{"):
                 queries += float(line.rsplit(" ", 1)[1])
     return hits, queries
+
+
+def predicted_hits(url: str) -> int | None:
+    """Prompt tokens an EcoServe coordinator predicted its engines' prefix caches
+    would serve, so far (its /ecoserve/status); None for servers without one."""
+    try:
+        r = httpx.get(url + "/ecoserve/status", timeout=30)
+    except httpx.HTTPError:
+        return None
+    if r.status_code != 200:
+        return None
+    caches = [i.get("prefix_cache") or {} for i in r.json().get("instances", [])]
+    return sum(int(c.get("predicted_hit_tokens", 0)) for c in caches)
+
+
+def kv_events_endpoint(core: int, port: int, *, plugin: bool) -> str:
+    """Plugin engines publish on ipc:// as `serve` has them do. Stock engines publish on
+    tcp://*:PORT+100, because vllm-router takes only tcp://HOST:PORT and vLLM 0.32 binds its
+    PUB only for a wildcard host (a benchmark host's engines, not a deployment's)."""
+    return local_endpoint(f"bench{core}", port) if plugin else f"tcp://*:{port + 100}"
+
+
+def kv_aware_args(urls: list[str], ports: tuple[int, ...]) -> list[str]:
+    """vllm-router's kv_aware policy: each stock engine's KV-event endpoint, its block size
+    (128 on the CPU backend) and the tokenizer it hashes prompts with."""
+    args: list[str] = []
+    for u, port in zip(urls, ports):
+        args += ["--kv-event-source", f"{u}=tcp://127.0.0.1:{port + 100}"]
+    return [*args, "--kv-event-block-size", "128", "--kv-event-model", str(MODEL)]
 
 
 def reset_prefix_cache(urls: list[str]) -> None:
@@ -334,6 +379,7 @@ def sweep(rec: Recorder, label: str, url: str, wl: str, path: Path, rates: list[
                "--slo-tpot", str(slo["slo_tpot"]), "--label", label, "--timeout", "900", "--no-progress", "--json"]
         load_before = os.getloadavg()[0]
         cache_before = prefix_counters(engines)
+        predicted_before = predicted_hits(url)
         try:
             obj = rec.run_json(cmd, rec.out / "raw" / f"{label}-{wl}-{rate:g}.json")
         except RuntimeError as e:  # the server died: say so, do not sweep on against it
@@ -346,6 +392,8 @@ def sweep(rec: Recorder, label: str, url: str, wl: str, path: Path, rates: list[
         # The engines' own account of their prefix caches during the run (vllm:prefix_cache_*).
         run["engine_prefix_hit_rate"] = round(hits / queries, 4) if queries else None
         run["engine_prefix_hit_tokens"] = int(hits)
+        if predicted_before is not None:  # what the coordinator expected of those caches (EcoServe only)
+            run["predicted_prefix_hit_tokens"] = predicted_hits(url) - predicted_before
         # the machine is shared: the 1-minute load average says how busy it was
         run["host_load_1min"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
         if steps is not None:
@@ -353,6 +401,8 @@ def sweep(rec: Recorder, label: str, url: str, wl: str, path: Path, rates: list[
             with gzip.open(steps_path(rec.out, label, wl, rate), "wt") as f:
                 json.dump(recs, f)
             run["engine_steps"] = len(recs)
+        raw = rec.out / "raw" / f"{label}-{wl}-{rate:g}.json"  # with what was measured beside the run
+        raw.write_text(json.dumps(obj, indent=1) + "\n")
         runs.append(run)
     return {"policy": label, "workload": wl, "runs": runs}
 
@@ -513,8 +563,8 @@ def main() -> None:
                 # one front door per workload: EcoServe routes by the workload's SLOs
                 port = 18210 + i
                 url = f"http://127.0.0.1:{port}"
-                policy = ["--policy", "ecoserve", "--no-prefix-routing"] if system == "ecoserve-noprefix" else [
-                    "--policy", system]
+                policy = (["--policy", "ecoserve", *ECOSERVE_VARIANTS[system]] if system in ECOSERVE_VARIANTS
+                          else ["--policy", system])  # fmt: skip
                 cmd = [PY, "-m", "ecoserve.cli", "serve", *policy, "--port", str(port),
                        "--slo-ttft", str(slos[wl]["slo_ttft"]), "--slo-tpot", str(slos[wl]["slo_tpot"]),
                        "--profile", str(profile_path), "--tokenizer", str(MODEL),
@@ -569,7 +619,9 @@ def main() -> None:
         for u, e in zip(e_urls, engines):
             e.wait_healthy(u, ENGINE_START_S)
         for system in peers:
-            router = VllmRouter(e_urls, policy=ROUTER_PEERS[system][0], log_path=logs / f"{system}.log").start()
+            policy = ROUTER_PEERS[system][0]
+            extra = kv_aware_args(e_urls, ports) if policy == "kv_aware" else []
+            router = VllmRouter(e_urls, policy=policy, log_path=logs / f"{system}.log", extra_args=extra).start()
             rec.log(router.process.cmd)
             for wl, path in workloads.items():
                 print(f"{system} / {wl} ...", flush=True)
