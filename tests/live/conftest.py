@@ -58,14 +58,14 @@ class ServeProcess:
     """`ecoserve serve --port PORT --log-dir LOG_DIR ARGS` in its own process group,
     its output in ``log_dir``/serve.out (engine logs beside it)."""
 
-    def __init__(self, args: list[str], log_dir: Path) -> None:
+    def __init__(self, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_dir = log_dir
         self.out_path = log_dir / "serve.out"
         self._out = open(self.out_path, "wb")
         cmd = [sys.executable, "-m", "ecoserve.cli.serve", "--port", str(self.port), "--log-dir", str(log_dir), *args]
-        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
+        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", **(env or {}))
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._out, stderr=subprocess.STDOUT, process_group=0)
         self.model = ""  # the served model's name, for tests that look it up
 
@@ -132,13 +132,13 @@ class FakeEngineProcess:
 
 @pytest.fixture(scope="session")
 def start_serve():
-    """Factory: ``start_serve(args, log_dir)`` starts a :class:`ServeProcess` (not yet
+    """Factory: ``start_serve(args, log_dir[, env])`` starts a :class:`ServeProcess` (not yet
     ready: call ``.wait_ready(timeout)``). The caller kills it (``.kill(engine_pids)``)
     at the end of its own scope; any still running at the end of the session are killed then."""
     started: list[ServeProcess] = []
 
-    def start(args: list[str], log_dir: Path) -> ServeProcess:
-        serve = ServeProcess(args, log_dir)
+    def start(args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> ServeProcess:
+        serve = ServeProcess(args, log_dir, env)
         started.append(serve)
         return serve
 

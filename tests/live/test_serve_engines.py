@@ -32,7 +32,8 @@ START_TIMEOUT_S = 420  # two engines on a shared 2-core machine
 def served(tiny_model, tmp_path_factory, start_serve):
     s = start_serve(["--model", str(tiny_model), "--engines", "2", "--slo-ttft", "0.1", "--slo-tpot", "0.1",
                      "--", "--max-model-len", "1024", "--enforce-eager", "--dtype", "bfloat16"],
-                    tmp_path_factory.mktemp("serve"))  # fmt: skip
+                    tmp_path_factory.mktemp("serve"),
+                    env={"VLLM_SERVER_DEV_MODE": "1"})  # the engines' /reset_prefix_cache, for the prefix test  # fmt: skip
     pids = []
     try:
         s.wait_ready(START_TIMEOUT_S)
@@ -300,6 +301,26 @@ def test_a_shared_prefix_goes_to_the_engine_holding_it(served):
         time.sleep(0.3)  # its blocks' events reach the coordinator
         second.append(_first_token(served, p[:960] + [2, 7])[0])
     assert statistics.median(second) < statistics.median(first), (first, second)
+    _idle(served)
+
+    # The engines clear their caches. vLLM publishes AllBlocksCleared with an engine's next
+    # step, so the engine that takes the next request (shorter than a block: nothing new to
+    # cache) empties its index; the engines' own counters agree: what they held is no hit now.
+    for u in urls.values():
+        assert httpx.post(u + "/reset_prefix_cache", timeout=30).status_code == 200
+    _, stepped = _first_token(served, [5, 6, 7])
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        blocks = {i["id"]: i["prefix_cache"]["blocks"] for i in served.status()["instances"]}
+        if blocks[stepped] == 0:
+            break
+        time.sleep(0.2)
+    assert blocks[stepped] == 0, (stepped, blocks)
+    assert served.status()["instances"][0]["prefix_cache"]["lost_batches"] == 0
+    held = [p for p, h in zip(prompts, holders) if h == stepped]
+    hits = sum(_engine_counter(u, "vllm:prefix_cache_hits_total") for u in urls.values())
+    _first_token(served, held[0][:880] + [2, 7, 1])
+    assert sum(_engine_counter(u, "vllm:prefix_cache_hits_total") for u in urls.values()) == hits  # none held it
     _idle(served)
 
 
