@@ -42,9 +42,6 @@ class EnginePrefixes:
     index: PrefixIndex
     events: str  # subscribe address of its KV-cache events; "" when it has none we can use
     batches: int = 0
-    stored: int = 0
-    removed: int = 0
-    cleared: int = 0
     lost_batches: int = 0
     # Of the prompts routed here with block hashes: their tokens, and those the
     # policy predicted the engine's cache would serve (to hold against the
@@ -110,13 +107,10 @@ class LivePrefixes:
             if isinstance(ev, BlockStored):
                 if ev.block_size == ep.index.block_tokens and not ev.lora_id and not ev.extra_keys:
                     ep.index.insert([_int(h) for h in ev.block_hashes])
-                    ep.stored += len(ev.block_hashes)
             elif isinstance(ev, BlockRemoved):
                 ep.index.remove([_int(h) for h in ev.block_hashes])
-                ep.removed += len(ev.block_hashes)
             elif isinstance(ev, AllBlocksCleared):
                 ep.index.clear()
-                ep.cleared += 1
 
     def routed(self, eid: str, prompt_tokens: int, predicted_hit: int) -> None:
         """A prompt with block hashes went to the engine; the policy expected

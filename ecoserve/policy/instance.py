@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ecoserve.policy.phase import Phase
-from ecoserve.policy.prefix_index import PrefixIndex
+from ecoserve.policy.prefix_index import PrefixIndex, leading_run
 from ecoserve.policy.request import RequestState
 
 
@@ -64,10 +64,6 @@ class InstanceState:
     prefix: PrefixIndex | None = None
     # Prompt blocks in the engine's KV that requests share (see the module docstring).
     pooled: dict[int, int] = field(default_factory=dict)
-    # The last shared_blocks answer, (request, pool membership version, blocks): one
-    # decision asks it up to three times (check, reservation, placement).
-    _shared_memo: tuple[RequestState | None, int, int] = field(default=(None, -1, 0), repr=False)
-    _pool_version: int = field(default=0, repr=False)
     # min over decoders of (TPOT * tokens + t_first), for one TPOT; None: stale.
     # Cached because a routing walk or a re-offer checks an instance many times
     # between two changes of its decoders.
@@ -98,17 +94,7 @@ class InstanceState:
         pooled = self.pooled
         if self.prefix is None or not req.blocks or not pooled:
             return 0
-        memo = self._shared_memo
-        if memo[0] is req and memo[1] == self._pool_version:
-            return memo[2]
-        most = (req.prompt_tokens - 1) // self.prefix.block_tokens
-        n = 0
-        for b in req.blocks[:most]:
-            if b not in pooled:
-                break
-            n += 1
-        self._shared_memo = (req, self._pool_version, n)
-        return n
+        return leading_run(req.blocks[: (req.prompt_tokens - 1) // self.prefix.block_tokens], pooled)
 
     def shared_tokens(self, req: RequestState) -> int:
         """KV tokens of ``req``'s prompt it would not need here: blocks shared from the pool."""
@@ -218,7 +204,6 @@ class InstanceState:
         mine = [b for b in req.blocks[len(req.pooled) :] if b not in pooled]
         for b in mine:
             pooled[b] = 1
-        self._pool_version += bool(mine)
         req.pooled += tuple(mine)
         req.kv_reserved -= bt * len(mine)
 
@@ -238,7 +223,6 @@ class InstanceState:
                 if pooled[b] == 1:
                     del pooled[b]
                     self.kv_reserved -= bt
-                    self._pool_version += 1
                 else:
                     pooled[b] -= 1
             req.pooled = ()

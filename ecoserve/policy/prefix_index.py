@@ -18,7 +18,18 @@ structure as each simulated engine's real cache.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
+
+
+def leading_run(blocks: Sequence[int], held: Container[int]) -> int:
+    """How many of ``blocks``, from the first, are in ``held``: the prefix a cache
+    (or a pool of shared blocks) holds, since a hole ends it."""
+    n = 0
+    for b in blocks:
+        if b not in held:
+            break
+        n += 1
+    return n
 
 
 class PrefixIndex:
@@ -45,13 +56,7 @@ class PrefixIndex:
 
     def matched_blocks(self, blocks: Sequence[int]) -> int:
         """How many of ``blocks``, from the first, are held (a read: no LRU touch)."""
-        held = self._blocks
-        n = 0
-        for b in blocks:
-            if b not in held:
-                break
-            n += 1
-        return n
+        return leading_run(blocks, self._blocks)
 
     def cached_tokens(self, blocks: Sequence[int], prompt_tokens: int) -> int:
         """Prompt tokens that need no prefill here: whole held blocks from the

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 
 from ecoserve.policy.chunk_budget import ChunkBudgetRule, least_slack
 from ecoserve.policy.phase import Phase
-from ecoserve.policy.prefix_index import PrefixIndex
+from ecoserve.policy.prefix_index import PrefixIndex, leading_run
 from ecoserve.policy.step_time import StepTimePredictor
 from ecoserve.sim.engine_model import EngineModel
 from ecoserve.sim.observer import StepRecord
@@ -256,15 +256,9 @@ class SimEngine:
     def _shareable(self, r: SimRequest) -> int:
         """Tokens of ``r``'s prompt it would share from the KV of running requests
         (whole leading blocks, never the one of its last token)."""
-        pool = self._pool
-        if not pool or not r.blocks:
+        if not self._pool or not r.blocks:
             return 0
-        n = 0
-        for b in r.blocks[: (r.target - 1) // BLOCK_TOKENS]:
-            if b not in pool:
-                break
-            n += 1
-        return n * BLOCK_TOKENS
+        return leading_run(r.blocks[: (r.target - 1) // BLOCK_TOKENS], self._pool) * BLOCK_TOKENS
 
     def _allocate(self, r: SimRequest) -> None:
         """Admission: KV for its whole context, sharing the pooled blocks it starts with."""
