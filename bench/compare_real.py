@@ -17,6 +17,11 @@ VLLM_CPU_OMP_THREADS_BIND=0 / 1), same workloads and SLOs:
 - ecoserve-noprefix: EcoServe with --no-prefix-routing, the prefix-routing ablation;
   ecoserve-estimated: with --no-kv-events, each engine's cache estimated from the
   prompts routed there;
+- ecoserve-trickle: `serve --policy ecoserve-trickle` (policy/trickle.py): the engines
+  rest in chunked prefill at 2048 tokens a step, the budget `ecoserve simulate sweep
+  --policies ecoserve-trickle` picks on these engines' profile for all three
+  workloads; a prompt opens a prefill window only where chunking would miss TTFT.
+  ecoserve-trickle-64: the same at 64 tokens a step (the sweep's runner-up);
 - router-rr, router-cache, router-rr-256: what a user would run instead: vllm-router
                  (PyPI) with its round_robin or cache_aware policy over 2 stock vLLM
                  engines, at vLLM's default token budget (2048) or at 256
@@ -82,9 +87,12 @@ ROUTER_PEERS = {"router-rr-256": ("round_robin", 256), "router-rr-512": ("round_
                 "router-p2c": ("power_of_two", None), "router-p2c-256": ("power_of_two", 256),
                 "router-kv": ("kv_aware", None)}
 WORKLOADS = ("sharegpt-half", "azure-quarter", "longbench-quarter", "chat-small")
-# EcoServe variants: the prefix-routing ablation, and the cache estimate from routed prompts
-# alone (no KV events), each `serve --policy ecoserve` with these flags.
-ECOSERVE_VARIANTS = {"ecoserve-noprefix": ["--no-prefix-routing"], "ecoserve-estimated": ["--no-kv-events"]}
+# EcoServe variants, each `serve` with these flags: the prefix-routing ablation, the cache
+# estimate from routed prompts alone (no KV events), and trickle-first scheduling.
+ECOSERVE_VARIANTS = {"ecoserve-noprefix": ["--policy", "ecoserve", "--no-prefix-routing"],
+                     "ecoserve-estimated": ["--policy", "ecoserve", "--no-kv-events"],
+                     "ecoserve-trickle": ["--policy", "ecoserve-trickle", "--chunk-size", "2048"],
+                     "ecoserve-trickle-64": ["--policy", "ecoserve-trickle", "--chunk-size", "64"]}
 SYSTEMS = ("ecoserve", *ECOSERVE_VARIANTS, "round-robin", "least-loaded", "fudg-1p1d", *ROUTER_PEERS)
 DEFAULT_SYSTEMS = ("ecoserve", "router-rr-256", "router-rr-512", "router-rr-1024", "router-rr", "router-cache",
                    "router-p2c")
@@ -563,8 +571,7 @@ def main() -> None:
                 # one front door per workload: EcoServe routes by the workload's SLOs
                 port = 18210 + i
                 url = f"http://127.0.0.1:{port}"
-                policy = (["--policy", "ecoserve", *ECOSERVE_VARIANTS[system]] if system in ECOSERVE_VARIANTS
-                          else ["--policy", system])  # fmt: skip
+                policy = ECOSERVE_VARIANTS.get(system, ["--policy", system])
                 cmd = [PY, "-m", "ecoserve.cli", "serve", *policy, "--port", str(port),
                        "--slo-ttft", str(slos[wl]["slo_ttft"]), "--slo-tpot", str(slos[wl]["slo_tpot"]),
                        "--profile", str(profile_path), "--tokenizer", str(MODEL),

@@ -34,8 +34,9 @@ import msgspec
 # decode:   admit nothing; running requests decode.
 # mixed:    stock vLLM scheduling (baselines).
 # chunked:  every decode, plus at most a budget of prompt tokens per step: the
-#           command's ``prompt_budget``, or the engine's own slack-derived rule for
-#           a TPOT SLO (``tpot_s``, or ECOSERVE_TPOT_SLO; vllm_plugin/budget.py).
+#           command's ``prompt_budget``, its ``step_budget`` less the step's decodes,
+#           or the engine's own slack-derived rule for a TPOT SLO (``tpot_s``, or
+#           ECOSERVE_TPOT_SLO; vllm_plugin/budget.py).
 EnginePhase = Literal["temporal", "prefill", "decode", "mixed", "chunked"]
 PHASES: tuple[str, ...] = ("temporal", "prefill", "decode", "mixed", "chunked")
 
@@ -56,9 +57,14 @@ class PhaseCommand(msgspec.Struct, tag="set_phase", tag_field="type", forbid_unk
     phase: EnginePhase
     lease_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] | None = None
     # ``chunked`` only: prompt tokens per step (fixed), or the TPOT SLO of the
-    # engine's own rule. Both None: the engine's settings stand.
+    # engine's own rule, or tokens per step with the decodes included (Sarathi's
+    # budget, vLLM's ``--max-num-batched-tokens`` sense: the step's prompt tokens
+    # are this less its decodes, none when the decodes take it all). A fixed
+    # budget wins over the rule, ``prompt_budget`` over ``step_budget``; an
+    # SLO is kept for the rule. All None: the engine's settings stand.
     prompt_budget: Annotated[int, msgspec.Meta(ge=1)] | None = None
     tpot_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] | None = None
+    step_budget: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
 class GetStatus(msgspec.Struct, tag="get_status", tag_field="type", forbid_unknown_fields=True):

@@ -2,7 +2,9 @@
 the engine.
 
 In ``chunked`` a step runs every decode plus at most B prompt tokens. B is
-either commanded (``PhaseCommand.prompt_budget``: the coordinator decides) or,
+either commanded (``PhaseCommand.prompt_budget``: the coordinator decides; or
+``step_budget``, tokens per step with the decodes included, so B is that less
+the step's decodes: Sarathi's rule, as the simulator's chunked engines run it) or,
 with a TPOT SLO (``PhaseCommand.tpot_s`` or ``ECOSERVE_TPOT_SLO``), computed
 here before every step by the policy's own rule (``ecoserve.policy.chunk_budget``)
 from this engine's requests: each decoder's output tokens and first-token time
@@ -61,13 +63,15 @@ class EngineBudget:
             raise ValueError(f"ECOSERVE_CHUNK_FLOOR must be >= 1 token, got {self.floor}")
         self.max_budget = max_budget
         self.commanded: int | None = None
+        self.commanded_step: int | None = None  # tokens per step, decodes included
         self.steps = predictor_from(profile_path if profile_path is not None else os.environ.get("ECOSERVE_PROFILE"))
         self._first: dict[str, float] = {}  # request id -> first-token time (time.time())
         self.last: int | None = None  # the budget of the latest chunked step
 
-    def command(self, prompt_budget: int | None, tpot_s: float | None) -> None:
-        """A phase command's budget settings: a fixed budget, or a new SLO for the rule."""
-        self.commanded = prompt_budget
+    def command(self, prompt_budget: int | None, tpot_s: float | None, step_budget: int | None = None) -> None:
+        """A phase command's budget settings: a fixed budget (of prompt tokens,
+        or of tokens with the decodes included), or a new SLO for the rule."""
+        self.commanded, self.commanded_step = prompt_budget, step_budget
         if tpot_s is not None:
             self.tpot_s = tpot_s
 
@@ -82,6 +86,9 @@ class EngineBudget:
         if self.commanded is not None:
             self.last = self.commanded
             return self.commanded
+        if self.commanded_step is not None:
+            self.last = max(0, self.commanded_step - sum(1 for r in running if not r.is_prefill_chunk))
+            return self.last
         rule = self.rule()
         if rule is None:
             return None

@@ -3,8 +3,8 @@
 - ``GET  /ecoserve/status``  -> the engine's fresh status (EngineStatus JSON),
   including the ZeroMQ addresses to subscribe to / send commands to.
 - ``POST /ecoserve/phase``   body ``{"phase": "prefill"}`` (optionally with
-  ``"lease_s": SECONDS``, and for ``chunked`` ``"prompt_budget": TOKENS`` or
-  ``"tpot_s": SECONDS``; see ``PhaseCommand``) -> fresh status.
+  ``"lease_s": SECONDS``, and for ``chunked`` one of ``"prompt_budget": TOKENS``,
+  ``"step_budget": TOKENS`` or ``"tpot_s": SECONDS``; see ``PhaseCommand``) -> fresh status.
 - ``POST /ecoserve/command`` body: any protocol Command -> reply.
 Each is one EngineCore utility call: it runs on the engine thread between
 steps and wakes an idle engine. Errors come back as ErrorReply JSON (400 for a

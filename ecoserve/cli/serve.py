@@ -28,7 +28,7 @@ import click
 from ecoserve.cli.http_options import HttpOptions, VllmCommand, http_options
 from ecoserve.cli.options import policy_options
 from ecoserve.cli.progress import Progress, quiet_option
-from ecoserve.policy import POLICIES
+from ecoserve.policy.config import SERVE_POLICIES
 from vllm_plugin import SCHEDULER_CLS
 
 GRACEFUL_S = 5.0
@@ -42,6 +42,17 @@ def _coeffs(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
     except ValueError:
         raise click.BadParameter("expected three numbers A,B,C (seconds = A + B*n + C*n^2)") from None
     return a, b, c
+
+
+def _profile_decode_points(path: str) -> tuple[tuple[int, int, float], ...]:
+    """A measured profile's decode grid, (batch, context tokens, seconds), for
+    the step-time predictor of ``--policy ecoserve-trickle``."""
+    from ecoserve.workload import EngineProfile
+
+    try:
+        return tuple(EngineProfile.load(path).decode_points())
+    except (ValueError, KeyError, OSError) as e:
+        raise click.BadParameter(str(e), param_hint="--profile") from None
 
 
 def _profile_points(path: str) -> tuple[tuple[int, float], ...]:
@@ -128,11 +139,23 @@ def _ensure_model(path: str, size: str) -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option(
     "--policy",
-    type=click.Choice(POLICIES),
+    type=click.Choice(SERVE_POLICIES),
     default="ecoserve",
     show_default=True,
     help="ecoserve: SLO-aware routing with rolling prefill/decode phases. round-robin, least-loaded: "
-    "baselines; engines run stock vLLM scheduling (phase mixed).",
+    "baselines; engines run stock vLLM scheduling (phase mixed). ecoserve-trickle (experimental): "
+    "engines rest in chunked prefill (--chunk-size tokens a step); a prompt opens a prefill window "
+    "only where chunking it would miss the TTFT SLO.",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(16),
+    default=128,
+    show_default=True,
+    metavar="TOKENS",
+    help="--policy ecoserve-trickle: tokens per step of a chunked engine, its decodes included (Sarathi's "
+    "budget; the engines' --max-num-batched-tokens stays their ceiling). 128 is the simulator's best "
+    "static budget on L20 GPUs; on slow engines (CPU) a smaller one keeps TPOT.",
 )
 @click.option(
     "--slo-ttft",
@@ -295,7 +318,8 @@ def _ensure_model(path: str, size: str) -> None:
 @policy_options
 @http_options
 @click.argument("engine_args", nargs=-1, type=click.UNPROCESSED)
-def serve(model, engines, engine_urls, launcher_kind, ray_address, host, port, policy, slo_ttft, slo_tpot, api_key,
+def serve(model, engines, engine_urls, launcher_kind, ray_address, host, port, policy, chunk_size, slo_ttft, slo_tpot,
+          api_key,
           prefill_coeffs, profile_path, slack_mode, output_reservation, decode_margin_s, device,
           cpu_kv_cache_gib, tokenizer, engine_api_key, log_dir, startup_timeout, max_pending, max_body_bytes,
           generate_model, log_level, min_engines, max_engines, macro_min, macro_max, scale_cooldown, scale_in_hold,
@@ -329,7 +353,10 @@ def serve(model, engines, engine_urls, launcher_kind, ray_address, host, port, p
             policy, SLO(slo_ttft, slo_tpot), slack_mode=slack_mode, output_reservation=output_reservation,
             decode_margin_s=decode_margin_s, mitosis=mitosis, autoscale=autoscale,
             prefill_points=_profile_points(profile_path) if profile_path else None, prefill_coeffs=prefill_coeffs,
+            trickle_budget=chunk_size,
+            decode_points=_profile_decode_points(profile_path) if profile_path and policy == "ecoserve-trickle" else None,
         )  # fmt: skip
+        config.build_router()  # a decode grid too small to fit fails here, with its message
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     sock = _bind(host, port)

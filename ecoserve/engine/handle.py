@@ -142,10 +142,15 @@ class EngineHandle:
     async def status(self) -> EngineStatus:
         return self._status(await self._ecoserve("GET", "/ecoserve/status"))
 
-    async def set_phase(self, phase: str, lease_s: float | None = None) -> EngineStatus:
+    async def set_phase(self, phase: str, lease_s: float | None = None, step_budget: int | None = None) -> EngineStatus:
         """``lease_s``: the engine falls back to its startup phase unless the
-        next phase command (a renewal) comes within that many seconds."""
-        body: dict[str, Any] = {"phase": phase} if lease_s is None else {"phase": phase, "lease_s": lease_s}
+        next phase command (a renewal) comes within that many seconds.
+        ``step_budget`` (``chunked``): tokens per step, decodes included."""
+        body: dict[str, Any] = {"phase": phase}
+        if lease_s is not None:
+            body["lease_s"] = lease_s
+        if step_budget is not None:
+            body["step_budget"] = step_budget
         return self._status(await self._ecoserve("POST", "/ecoserve/phase", body))
 
     async def _ecoserve(self, method: str, path: str, body: Any = None) -> bytes:

@@ -146,7 +146,8 @@ class Coordinator:
         )  # fmt: skip
         self.prefixes = LivePrefixes(enabled=prefix_routing, kv_events=kv_events)
         self.fleet = Fleet(self, self.router, self.predictor, settings, launcher=launcher,
-                           engine_api_key=engine_api_key, prefixes=self.prefixes)  # fmt: skip
+                           engine_api_key=engine_api_key, prefixes=self.prefixes,
+                           chunked_step_budget=config.chunked_step_budget())  # fmt: skip
         self.admission = Admission(max_pending)
         self._flights: dict[str, Generation] = {}
         self._waiting: set[str] = set()  # submitted, not placed yet

@@ -111,8 +111,11 @@ class LaunchSettings:
 class Fleet:
     def __init__(self, host: FleetHost, router: Router, predictor: PrefillTimePredictor, settings: LaunchSettings,
                  *, launcher: EngineLauncher | None = None, engine_api_key: str | None = None,
-                 prefixes: LivePrefixes | None = None) -> None:  # fmt: skip
+                 prefixes: LivePrefixes | None = None, chunked_step_budget: int | None = None) -> None:  # fmt: skip
         self.host = host
+        # Tokens per step, decodes included, that every ``chunked`` command carries
+        # (PolicyConfig.chunked_step_budget); None: the engine's own settings.
+        self.chunked_step_budget = chunked_step_budget
         self.prefixes = prefixes if prefixes is not None else LivePrefixes(enabled=False)
         self.router = router
         self.predictor = predictor
@@ -366,7 +369,8 @@ class Fleet:
             if want is None or (want == rec.acked_phase and not renew):
                 continue
             try:
-                status = await rec.handle.set_phase(want, lease_s=LEASE_S if leased else None)
+                budget = self.chunked_step_budget if want == "chunked" else None
+                status = await rec.handle.set_phase(want, lease_s=LEASE_S if leased else None, step_budget=budget)
                 rec.acked_phase = status.phase
                 self.observe_status(rec, status)
             except (EngineUnreachable, UpstreamHTTPError) as e:

@@ -36,9 +36,11 @@ PAPER_POLICIES = ("ecoserve", "vllm", "sarathi", "distserve", "mooncake")
 # ``prefix-oracle`` routes to the engine whose real prefix cache holds the most
 # of the prompt (policy.longest_prefix), the bound prefix-aware routing is held to.
 ABLATIONS = ("sarathi-dyn", "prefix-oracle")  # prefix-oracle: the longest cached prefix, seen exactly
-# Routers under evaluation, simulator only until they win there: ``ecoserve-trickle``
-# is trickle-first instance scheduling (policy/trickle.py).
+# Routers under evaluation: ``ecoserve-trickle`` is trickle-first instance
+# scheduling (policy/trickle.py). ``serve`` offers it too, marked experimental,
+# so that real engines can measure it beside the simulator.
 EXPERIMENTAL = ("ecoserve-trickle",)
+SERVE_POLICIES = POLICIES + EXPERIMENTAL
 SIM_POLICIES = PAPER_POLICIES + tuple(p for p in POLICIES if p not in PAPER_POLICIES) + ABLATIONS + EXPERIMENTAL
 
 # The prefill-time predictor's starting model when no profile is given:
@@ -134,6 +136,13 @@ class PolicyConfig:
             steps, budget = self.step_predictor(predictor), self.trickle_budget
             return OverallScheduler(checker, lambda c, name: TrickleMacroInstance(c, steps, budget, name))
         return OverallScheduler(checker)
+
+    def chunked_step_budget(self) -> int | None:
+        """Tokens per step, decodes included, of an instance in ``CHUNKED``: the
+        trickle budget, which the trickle rule's predictions assume (the
+        simulator's chunked engines run it; live, every ``chunked`` command
+        carries it). None: this policy never rests in ``CHUNKED``."""
+        return self.trickle_budget if self.policy == "ecoserve-trickle" else None
 
     def planner(self) -> MitosisPlanner | None:
         """The mitosis planner when autoscaling is on, else None."""

@@ -16,8 +16,8 @@ from ecoserve.policy.router import Router
 
 
 class TrackingRouter(Router):
-    # The phase instances run in under this router; None: the router commands
-    # phases itself (EcoServe's windows).
+    # The phase instances run in under this router (or rest in, between the
+    # windows it commands); None: the instance's own (EcoServe starts them in DECODE).
     instance_phase: Phase | None = None
 
     def __init__(self) -> None:
@@ -107,7 +107,7 @@ class TrackingRouter(Router):
         self._instances[inst.id] = inst
         self._order.append(inst.id)
         self._max_cap = None
-        if self.instance_phase is not None:
+        if self.instance_phase is not None and inst.window_start is None:  # not mid-window
             inst.phase = self.instance_phase
         for req in inst.requests.values():  # an instance moved in with its requests
             self._requests[req.id] = req

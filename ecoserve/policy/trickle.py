@@ -40,6 +40,7 @@ from ecoserve.policy.step_time import StepTimePredictor
 
 class TrickleMacroInstance(MacroInstance):
     resting_phase = Phase.CHUNKED
+    instance_phase = Phase.CHUNKED  # where its instances start
 
     def __init__(self, checker: ConstraintChecker, steps: StepTimePredictor, trickle_budget: int,
                  name: str = "m0") -> None:  # fmt: skip

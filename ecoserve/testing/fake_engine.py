@@ -65,6 +65,7 @@ class FakeEngine:
         self.decode_steps = decode_steps
         self.phase = phase
         self.phase_log: list[str] = []  # every phase commanded, in order
+        self.step_budgets: list[int | None] = []  # each command's step_budget, in the same order
         self.requests: list[dict[str, Any]] = []  # bodies received
         self.aborted = 0  # streams whose client went away before the end
         self.finished = 0
@@ -151,12 +152,13 @@ class FakeEngine:
     async def _set_phase(self, request: web.Request) -> web.Response:
         body = _dec.decode(await request.read())
         phase = body.get("phase")
-        if phase not in ("temporal", "prefill", "decode", "mixed"):
+        if phase not in ("temporal", "prefill", "decode", "mixed", "chunked"):
             return web.Response(
                 status=400, body=b'{"type": "error", "error": "bad phase"}', content_type="application/json"
             )
         self.phase = phase
         self.phase_log.append(phase)
+        self.step_budgets.append(body.get("step_budget"))
         self._phase_changed.set()
         self._phase_changed = asyncio.Event()
         return web.Response(body=encode(self.status()), content_type="application/json")

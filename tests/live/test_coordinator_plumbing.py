@@ -51,6 +51,24 @@ async def test_baselines_run_engines_mixed_and_spread():
             assert [i["routed_total"] for i in coord.status()["instances"]] == [3, 3]
 
 
+async def test_trickle_policy_rests_engines_chunked_with_its_step_budget():
+    """--policy ecoserve-trickle: every chunked command carries the policy's
+    budget (decodes included), so the engines chunk as its predictions assume;
+    prompts that chunking serves in time open no prefill window."""
+    from ecoserve.policy import SLO, PolicyConfig
+
+    config = PolicyConfig("ecoserve-trickle", SLO(30.0, 1.0), trickle_budget=48)
+    async with fakes(2, token_interval=0.001) as (a, b):
+        async with Coordinator(engine_urls=[a.url, b.url], config=config) as coord:
+            replies = await asyncio.gather(*(coord.generate("one two three", max_tokens=4) for _ in range(4)))
+            assert all(r["usage"]["completion_tokens"] == 4 for r in replies)
+            for e in (a, b):
+                assert e.phase_log == ["chunked"]  # a loose TTFT SLO: every prompt trickles, no window
+                assert e.step_budgets == [48]
+            assert sum(i["routed_total"] for i in coord.status()["instances"]) == 4
+        assert a.phase_log[-1] == "temporal" and a.step_budgets[-1] is None  # handed back: no budget sent
+
+
 async def test_rejected_and_bad_requests_are_4xx():
     async with fakes(1, kv_blocks=4, block_size=16) as (a,):  # 64 KV tokens
         async with Coordinator(engine_urls=[a.url]) as coord:

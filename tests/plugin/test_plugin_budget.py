@@ -89,10 +89,25 @@ def test_a_profile_starts_the_predictor(tmp_path):
     assert steps.decode.predict(8, 8 * 1024) == pytest.approx(0.04, rel=0.3)  # a plane through the grid
 
 
+def test_a_step_budget_counts_the_decodes_as_sarathi_does():
+    b = EngineBudget(2048, tpot_s=0.1)
+    b.command(None, None, step_budget=48)  # a fixed budget wins over the rule
+    reqs = [Req(f"d{i}", 100, 5) for i in range(10)] + [Req("p", 30, 0, is_prefill_chunk=True)]
+    assert b.prompt_budget(reqs, now=0.0) == 38 and b.last == 38  # 48 less 10 decodes
+    assert b.prompt_budget([Req(f"d{i}", 100, 5) for i in range(60)], now=0.0) == 0  # the decodes take it all
+    b.command(96, None, step_budget=48)
+    assert b.prompt_budget(reqs, now=0.0) == 96  # prompt tokens, fixed, win over tokens per step
+    b.command(None, 0.1)  # an SLO alone: back to the rule
+    assert b.commanded_step is None and b.prompt_budget([], now=0.0) == 2048
+
+
 def test_the_chunked_phase_command_round_trips_and_is_checked():
     cmd = PhaseCommand(phase="chunked", prompt_budget=128, tpot_s=0.1)
     assert decode_command(encode(cmd)) == cmd
+    cmd = PhaseCommand(phase="chunked", step_budget=128)
+    assert decode_command(encode(cmd)) == cmd and b"prompt_budget" not in encode(cmd)
     for bad in (b'{"type":"set_phase","phase":"chunked","prompt_budget":0}',
+                b'{"type":"set_phase","phase":"chunked","step_budget":0}',
                 b'{"type":"set_phase","phase":"chunked","tpot_s":0}'):  # fmt: skip
         with pytest.raises(Exception, match="Expected"):
             decode_command(bad)

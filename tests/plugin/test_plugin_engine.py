@@ -374,6 +374,19 @@ def test_chunked_phase_runs_every_decode_plus_at_most_the_budget(eco, eco_zmq):
     assert max(r.prefill_tokens for r in _steps(pushes, start)) > 64
 
 
+def test_chunked_phase_with_a_step_budget_counts_the_decodes(eco, eco_zmq):
+    # --policy ecoserve-trickle's command: 48 tokens a step, decodes included (Sarathi's budget).
+    # Once prompts finish and decode beside the later prompts' chunks, each step's prompt tokens
+    # are 48 less its decodes.
+    _command(eco, phase="decode", step_budget=48)
+    start, pushes = _released_together(eco, eco_zmq, "chunked", n=4, prompt_len=300)
+    records = _steps(pushes, start)
+    assert any(r.kind == "mixed" for r in records), [r.kind for r in records]
+    assert all(r.prefill_tokens + r.decode_batch <= 48 for r in records), records
+    assert eco.status().prompt_budget is not None
+    _command(eco, phase="decode", tpot_s=100.0)  # the rule again, for the tests that follow
+
+
 def test_chunked_phase_with_a_tpot_slo_sizes_chunks_from_the_decoders_slack(eco, eco_zmq):
     # More prompt tokens than one step's limit, released together: the first step (nothing decodes)
     # takes the limit, the rest is chunked beside the decodes of the prompts already done.
