@@ -14,7 +14,14 @@ Routing a request:
    prompt tokens trickling there plus its own, at the instance's trickle rate
    (``trickle_budget`` less one token per decode, per step of the predicted
    mixed-step time); ties go to the instance with fewer requests. Taken if that
-   prediction meets the TTFT SLO.
+   prediction meets the TTFT SLO and the decoders can pay for it (the guard).
+   The guard: each of the k steps that prefill the prompts trickling there,
+   r's included, lasts ``step`` against the decoders' TPOT; where a step is
+   longer than the TPOT, the least-slack decoder loses ``k * (step - TPOT)``
+   of its saved TPOT, which it must have (plus ``decode_margin_s``). Without it
+   (measured on real CPU engines, ``bench/results/real/trickle``) a burst's
+   prompts trickled in 2048-token chunks into every decode step and broke TPOT
+   where Algorithm 1's windows, which check the decoders' slack, held it.
 2. **Window.** Otherwise Algorithm 1 in rolling-activation order
    (``MacroInstance.choose``): the constraint check, which now also charges the
    prompts trickling on the instance (a window prefills them first), opens or
@@ -60,14 +67,33 @@ class TrickleMacroInstance(MacroInstance):
         step = self.steps.step_time(chunk, batch, max(0, inst.kv_used - inst.trickle_tokens))  # decoders' KV
         return math.ceil((inst.trickle_tokens + req.prompt_tokens) / chunk) * step
 
+    def decoders_pay(self, inst: InstanceState, req: RequestState, now: float) -> bool:
+        """The guard: trickling ``req`` on ``inst`` leaves its least-slack decoder
+        its next token in time (module docstring)."""
+        slack = inst.min_slack(now, self.checker.slo.tpot)
+        if slack is None:
+            return True  # nothing decodes: nobody's TPOT is at stake
+        batch = inst.dec_n
+        chunk = max(1, self.trickle_budget - batch)
+        step = self.steps.step_time(chunk, batch, max(0, inst.kv_used - inst.trickle_tokens))
+        late = step - self.checker.slo.tpot
+        if late <= 0:
+            return True  # each step banks slack
+        k = math.ceil((inst.trickle_tokens + req.prompt_tokens) / chunk)
+        return slack >= k * late + self.checker.decode_margin_s
+
+    def _trickles(self, inst: InstanceState, req: RequestState, now: float) -> bool:
+        return (self._can_hold(inst, req) and self.trickle_ttft(inst, req) <= self.checker.slo.ttft
+                and self.decoders_pay(inst, req, now))  # fmt: skip
+
     def _can_hold(self, inst: InstanceState, req: RequestState) -> bool:
         return inst.accepting and inst.has_seat and self.checker.kv_need(req, inst) <= inst.kv_free
 
-    def _trickle_choice(self, req: RequestState) -> InstanceState | None:
+    def _trickle_choice(self, req: RequestState, now: float) -> InstanceState | None:
         best, best_key = None, None
         for iid in self._order:
             inst = self._instances[iid]
-            if not self._can_hold(inst, req):
+            if not self._can_hold(inst, req) or not self.decoders_pay(inst, req, now):
                 continue
             key = (self.trickle_ttft(inst, req), len(inst.requests))
             if best_key is None or key < best_key:
@@ -79,14 +105,14 @@ class TrickleMacroInstance(MacroInstance):
     # choose and admits decide trickle or window (``req.trickled``); the placement
     # that follows either (TrackingRouter.try_route) reads it in on_placing.
     def choose(self, req: RequestState, now: float) -> tuple[InstanceState | None, Constraint | str]:
-        inst = self._trickle_choice(req)
+        inst = self._trickle_choice(req, now)
         req.trickled = inst is not None
         if inst is not None:
             return inst, "trickle"
         return super().choose(req, now)
 
     def admits(self, inst: InstanceState, req: RequestState, now: float) -> Constraint | None:
-        req.trickled = self._can_hold(inst, req) and self.trickle_ttft(inst, req) <= self.checker.slo.ttft
+        req.trickled = self._trickles(inst, req, now)
         return None if req.trickled else super().admits(inst, req, now)
 
     def on_placing(self, inst: InstanceState, req: RequestState, now: float) -> tuple[list[Action], bool]:

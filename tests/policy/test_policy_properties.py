@@ -250,3 +250,38 @@ def test_split_and_merge_on_the_scheduler_keep_every_request(script, splits):
         ids = [i.id for i in s.instances()]
         assert len(ids) == len(set(ids)) == count
     run(s, script[len(script) // 2 :], prefix="late")
+
+
+def check_trickle_at_routing(router, act, now):
+    """A trickled request was placed where its first token comes within the TTFT
+    SLO and the decoders' least slack pays for every step past their TPOT."""
+    import math
+
+    inst = next(i for i in router.instances() if i.id == act.instance_id)
+    r = inst.requests[act.request_id]
+    assert inst.kv_reserved <= inst.kv_capacity_tokens
+    if not r.trickled:
+        return
+    tpot, steps = router.checker.slo.tpot, router.steps
+    chunk = max(1, router.trickle_budget - inst.dec_n)
+    step = steps.step_time(chunk, inst.dec_n, max(0, inst.kv_used - inst.trickle_tokens))
+    k = math.ceil(inst.trickle_tokens / chunk)  # r's tokens are in trickle_tokens now
+    assert k * step <= router.checker.slo.ttft + 1e-9
+    dec = inst.decoding()
+    if dec and step > tpot:
+        assert min(d.saved_tpot(now, tpot) for d in dec) >= k * (step - tpot) - 1e-9
+
+
+@settings(max_examples=300, deadline=None)
+@given(script=steps, n=st.integers(1, 4), budget=st.sampled_from([16, 64, 256]))
+def test_trickled_requests_keep_the_ttft_slo_and_the_decoders_tpot(script, n, budget):
+    from ecoserve.policy import SLO, ConstraintChecker, InstanceState
+    from ecoserve.policy.step_time import DecodeStepModel, StepTimePredictor
+    from ecoserve.policy.trickle import TrickleMacroInstance
+    from tests.policy.helpers import linear_predictor
+
+    steps_ = StepTimePredictor(linear_predictor(), DecodeStepModel((0.02, 1e-3, 0.0)))
+    m = TrickleMacroInstance(ConstraintChecker(SLO(1.0, 0.1), steps_.prefill), steps_, budget)
+    for i in range(n):
+        m.add_instance(InstanceState(f"i{i}", 3000), 0.0)
+    run(m, script, on_routed=check_trickle_at_routing)

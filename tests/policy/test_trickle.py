@@ -81,3 +81,29 @@ def test_aggregates_follow_starts_and_aborts():
     assert (inst.trickle_n, inst.trickle_tokens) == (1, 50)
     s.on_finish("b", 0.3)  # aborted before its first token
     assert (inst.trickle_n, inst.trickle_tokens, inst.trickle_pred) == (0, 0, pytest.approx(0.0))
+
+
+def test_a_prompt_trickles_only_where_the_decoders_can_pay_for_its_steps():
+    s = scheduler(n=1, ttft=10.0, tpot=0.1, budget=100)
+    s.submit(req("d", prompt=5, out=100), 0.0)
+    s.on_progress([("d", 1)], 0.0)  # d's first token at 0: 0.1 s of saved TPOT
+    # 990 tokens in chunks of 99 beside d: 10 steps of 120 ms, each 20 ms past d's TPOT: d would
+    # need 0.2 s of slack and has 0.1. As a window the stall is 0.99 s: no better. It waits.
+    (q,) = s.submit(req("a", prompt=990), 0.0)
+    assert q.__class__.__name__ == "Queued"
+    m = s.macros[0]
+    assert not m.decoders_pay(m.instance("i0"), req("a", prompt=990), 0.0)
+    assert m.decoders_pay(m.instance("i0"), req("a", prompt=396), 0.0)  # 4 steps: 0.08 s, paid
+    # d runs ahead of its TPOT (10 tokens by 0.5 s: 0.5 s of slack): now it can pay, and a trickles
+    acts = s.on_progress([("d", 10)], 0.5)
+    assert [(a.request_id, a.instance_id) for a in acts if isinstance(a, Routed)] == [("a", "i0")]
+    assert not any(isinstance(a, SetPhase) for a in acts) and s.request("a").trickled
+
+
+def test_steps_shorter_than_the_tpot_need_no_slack():
+    s = scheduler(n=1, ttft=10.0, tpot=0.1, budget=50)
+    s.submit(req("d", prompt=5, out=100), 0.0)
+    s.on_progress([("d", 1)], 0.0)
+    # chunks of 49 beside d: 70 ms steps, within d's 100 ms TPOT, so each step banks slack
+    (r,) = s.submit(req("a", prompt=2000), 0.0)
+    assert r == Routed("a", "i0", "trickle")
