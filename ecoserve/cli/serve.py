@@ -44,27 +44,17 @@ def _coeffs(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
     return a, b, c
 
 
-def _profile_decode_points(path: str) -> tuple[tuple[int, int, float], ...]:
-    """A measured profile's decode grid, (batch, context tokens, seconds), for
-    the step-time predictor of ``--policy ecoserve-trickle``."""
+def _profile_points(path: str) -> tuple[tuple[tuple[int, float], ...], tuple[tuple[int, int, float], ...]]:
+    """A measured profile's prefill points, as the simulator's predictor reads
+    them, and its decode grid (batch, context tokens, seconds), read once."""
+    from ecoserve.policy import PolicyConfig
     from ecoserve.workload import EngineProfile
 
     try:
-        return tuple(EngineProfile.load(path).decode_points())
-    except (ValueError, KeyError, OSError) as e:
-        raise click.BadParameter(str(e), param_hint="--profile") from None
-
-
-def _profile_points(path: str) -> tuple[tuple[int, float], ...]:
-    """A measured profile's prefill points, as the simulator's predictor reads them."""
-    from ecoserve.policy import PolicyConfig
-    from ecoserve.workload import load_profile
-
-    try:
-        points = load_profile(path)
-        if not points:
+        prof = EngineProfile.load(path)
+        if not prof.prefill:
             raise ValueError("has no prefill points")
-        return PolicyConfig.points_of(points)
+        return PolicyConfig.points_of(prof.prefill), tuple(prof.decode_points())
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--profile") from None
 
@@ -348,15 +338,14 @@ def serve(model, engines, engine_urls, launcher_kind, ray_address, host, port, p
         raise click.UsageError("give --profile or --prefill-coeffs, not both")
     mitosis, autoscale = _autoscale_config(engines, min_engines, max_engines, macro_min, macro_max, scale_cooldown,
                                            scale_in_hold, ttft_window, bool(engine_urls))  # fmt: skip
+    prefill_points, decode_points = _profile_points(profile_path) if profile_path else (None, None)
     try:
         config = PolicyConfig(
             policy, SLO(slo_ttft, slo_tpot), slack_mode=slack_mode, output_reservation=output_reservation,
             decode_margin_s=decode_margin_s, mitosis=mitosis, autoscale=autoscale,
-            prefill_points=_profile_points(profile_path) if profile_path else None, prefill_coeffs=prefill_coeffs,
-            trickle_budget=chunk_size,
-            decode_points=_profile_decode_points(profile_path) if profile_path and policy == "ecoserve-trickle" else None,
+            prefill_points=prefill_points, prefill_coeffs=prefill_coeffs, trickle_budget=chunk_size,
+            decode_points=decode_points if policy == "ecoserve-trickle" else None,
         )  # fmt: skip
-        config.build_router()  # a decode grid too small to fit fails here, with its message
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     sock = _bind(host, port)

@@ -100,6 +100,8 @@ class PolicyConfig:
             require_macros(self.policy)
         if self.prefill_points is not None and self.prefill_coeffs is not None:
             raise ValueError("give the predictor a profile's points or coefficients, not both")
+        if self.decode_points:  # a grid too small to fit fails here, with its message (none: the defaults)
+            DecodeStepModel.fit(self.decode_points)
         # Built once to validate slack_mode, output_reservation, decode_margin_s and the points.
         ConstraintChecker(self.slo, self.predictor(), slack_mode=self.slack_mode,
                           output_reservation=self.output_reservation, decode_margin_s=self.decode_margin_s)  # fmt: skip

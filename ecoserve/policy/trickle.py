@@ -58,15 +58,21 @@ class TrickleMacroInstance(MacroInstance):
         self.steps = steps
         self.trickle_budget = trickle_budget
 
+    def _trickle_steps(self, inst: InstanceState, req: RequestState) -> tuple[int, float]:
+        """(k, seconds): the predicted chunked steps that prefill the prompts
+        trickling on ``inst`` and ``req``'s, and each one's time."""
+        batch = inst.dec_n
+        chunk = max(1, self.trickle_budget - batch)
+        step = self.steps.step_time(chunk, batch, max(0, inst.kv_used - inst.trickle_tokens))  # decoders' KV
+        return math.ceil((inst.trickle_tokens + req.prompt_tokens) / chunk), step
+
     def trickle_ttft(self, inst: InstanceState, req: RequestState) -> float:
         """Predicted seconds to ``req``'s first token if chunked on ``inst`` now,
         behind the prompts already trickling there (inf: ``inst`` is in a window)."""
         if inst.window_start is not None:
             return math.inf
-        batch = inst.dec_n
-        chunk = max(1, self.trickle_budget - batch)
-        step = self.steps.step_time(chunk, batch, max(0, inst.kv_used - inst.trickle_tokens))  # decoders' KV
-        return math.ceil((inst.trickle_tokens + req.prompt_tokens) / chunk) * step
+        k, step = self._trickle_steps(inst, req)
+        return k * step
 
     def decoders_pay(self, inst: InstanceState, req: RequestState, now: float) -> bool:
         """The guard: trickling ``req`` on ``inst`` leaves its least-slack decoder
@@ -74,14 +80,9 @@ class TrickleMacroInstance(MacroInstance):
         slack = inst.min_slack(now, self.checker.slo.tpot)
         if slack is None:
             return True  # nothing decodes: nobody's TPOT is at stake
-        batch = inst.dec_n
-        chunk = max(1, self.trickle_budget - batch)
-        step = self.steps.step_time(chunk, batch, max(0, inst.kv_used - inst.trickle_tokens))
+        k, step = self._trickle_steps(inst, req)
         late = step - self.checker.slo.tpot
-        if late <= 0:
-            return True  # each step banks slack
-        k = math.ceil((inst.trickle_tokens + req.prompt_tokens) / chunk)
-        return slack >= k * late + self.checker.decode_margin_s
+        return late <= 0 or slack >= k * late + self.checker.decode_margin_s  # late <= 0: each step banks slack
 
     def _trickles(self, inst: InstanceState, req: RequestState, now: float) -> bool:
         return (self._can_hold(inst, req) and self.trickle_ttft(inst, req) <= self.checker.slo.ttft

@@ -85,6 +85,21 @@ class ServeProcess:
     def engine_pids(self) -> list[int]:
         return [i["pid"] for i in self.status()["instances"] if i["pid"]]
 
+    @contextlib.contextmanager
+    def serving(self, timeout: float):
+        """Ready (``.model`` set to the served model's id) for the ``with`` block; then
+        killed with every engine it started, even if a test failed."""
+        pids: list[int] = []
+        try:
+            self.wait_ready(timeout)
+            self.model = httpx.get(self.url + "/v1/models").json()["data"][0]["id"]
+            yield self
+        finally:
+            if self.proc.poll() is None:
+                with contextlib.suppress(Exception):
+                    pids = self.engine_pids()
+            self.kill(pids)
+
     def kill(self, engine_pids: Iterable[int] = ()) -> None:
         """SIGKILL to serve's process group, then to each of ``engine_pids``' groups:
         never leave an engine behind, even if a test failed. Idempotent."""

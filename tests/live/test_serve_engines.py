@@ -34,18 +34,8 @@ def served(tiny_model, tmp_path_factory, start_serve):
                      "--", "--max-model-len", "1024", "--enforce-eager", "--dtype", "bfloat16"],
                     tmp_path_factory.mktemp("serve"),
                     env={"VLLM_SERVER_DEV_MODE": "1"})  # the engines' /reset_prefix_cache, for the prefix test  # fmt: skip
-    pids = []
-    try:
-        s.wait_ready(START_TIMEOUT_S)
-        s.model = httpx.get(s.url + "/v1/models").json()["data"][0]["id"]
+    with s.serving(START_TIMEOUT_S):
         yield s
-    finally:
-        if s.proc.poll() is None:
-            try:
-                pids = s.engine_pids()
-            except Exception:
-                pass
-        s.kill(pids)  # never leave engines behind, even if a test failed
 
 
 @pytest.fixture

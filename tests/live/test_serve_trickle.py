@@ -24,18 +24,8 @@ def served(tiny_model, tmp_path_factory, start_serve):
                      "--chunk-size", str(BUDGET), "--slo-ttft", "60", "--slo-tpot", "1",
                      "--", "--max-model-len", "1024", "--enforce-eager", "--dtype", "bfloat16"],
                     tmp_path_factory.mktemp("serve-trickle"))  # fmt: skip
-    pids = []
-    try:
-        s.wait_ready(START_TIMEOUT_S)
-        s.model = httpx.get(s.url + "/v1/models").json()["data"][0]["id"]
+    with s.serving(START_TIMEOUT_S):
         yield s
-    finally:
-        if s.proc.poll() is None:
-            try:
-                pids = s.engine_pids()
-            except Exception:
-                pass
-        s.kill(pids)
 
 
 def _engine_status(url: str):
