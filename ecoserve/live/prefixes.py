@@ -106,7 +106,8 @@ class LivePrefixes:
         for ev in batch.events:
             if isinstance(ev, BlockStored):
                 if ev.block_size == ep.index.block_tokens and not ev.lora_id and not ev.extra_keys:
-                    ep.index.insert([_int(h) for h in ev.block_hashes])
+                    parent = None if ev.parent_block_hash is None else _int(ev.parent_block_hash)
+                    ep.index.insert([_int(h) for h in ev.block_hashes], parent)
             elif isinstance(ev, BlockRemoved):
                 ep.index.remove([_int(h) for h in ev.block_hashes])
             elif isinstance(ev, AllBlocksCleared):

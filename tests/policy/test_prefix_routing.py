@@ -41,9 +41,10 @@ def test_index_matches_leading_blocks_evicts_lru_and_never_covers_the_last_token
     assert idx.cached_tokens((1, 2, 3), 3 * B + 7) == 3 * B
     assert idx.cached_tokens((1, 2, 3), 3 * B) == 3 * B - 1  # the last token is always computed
     assert idx.cached_tokens((), 100) == 0 and idx.cached_tokens((1,), 1) == 0
-    idx.insert((1, 4))  # 1 touched; 2 is now the least recently used
-    idx.insert((5,))
-    assert len(idx) == 4 and 2 not in idx and {1, 3, 4, 5} == {b for b in (1, 2, 3, 4, 5) if b in idx}
+    idx.insert((1, 4))  # 1 touched; (2, 3) is now the least recently used
+    idx.insert((5,))  # one block over: the tail of (1, 2, 3) goes, as vLLM frees a request's blocks in reverse
+    assert len(idx) == 4 and 3 not in idx and {1, 2, 4, 5} == {b for b in (1, 2, 3, 4, 5) if b in idx}
+    assert idx.matched_blocks((1, 2, 3)) == 2 and idx.matched_blocks((1, 4)) == 2
     with pytest.raises(ValueError):
         PrefixIndex(0)
 
