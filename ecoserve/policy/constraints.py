@@ -95,9 +95,10 @@ class ConstraintChecker:
             self.on_check(inst, req, res, now)
         return res
 
-    def predicted_prefill(self, inst: InstanceState, req: RequestState) -> float:
-        """r's prefill on ``inst``: of the part its prefix cache does not hold."""
-        return self.predictor.predict_uncached(req.prompt_tokens, inst.cached_tokens(req))
+    def predicted_prefill(self, inst: InstanceState, req: RequestState, cached: int | None = None) -> float:
+        """r's prefill on ``inst``: of the part its prefix cache does not hold
+        (``cached``: those tokens, when the caller has them)."""
+        return self.predictor.predict_uncached(req.prompt_tokens, inst.cached_tokens(req) if cached is None else cached)
 
     def check(self, inst: InstanceState, req: RequestState, now: float) -> CheckResult:
         mine = self.predicted_prefill(inst, req)

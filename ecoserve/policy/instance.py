@@ -18,6 +18,7 @@ Every change goes through the transition methods below, which keep them exact;
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ecoserve.policy.phase import Phase
@@ -69,6 +70,7 @@ class InstanceState:
     # between two changes of its decoders.
     _min_key: float | None = field(default=None, repr=False)
     _min_key_tpot: float = field(default=0.0, repr=False)
+    _min_id: str | None = field(default=None, repr=False)  # the decoder with the least slack
 
     def __post_init__(self) -> None:
         if self.kv_capacity_tokens <= 0:
@@ -137,10 +139,13 @@ class InstanceState:
         if not self.dec_n:
             return None
         if self._min_key is None or self._min_key_tpot != tpot:
-            self._min_key = min(
-                r.tokens_out * tpot + r.first_token_at for r in self.requests.values() if r.first_token_at is not None
-            )
-            self._min_key_tpot = tpot
+            # Kept between calls: a decoder's key only grows with its tokens, so
+            # only the least one's progress or leaving forces this scan again.
+            best, best_id = math.inf, None
+            for r in self.requests.values():
+                if r.first_token_at is not None and (k := r.tokens_out * tpot + r.first_token_at) < best:
+                    best, best_id = k, r.id
+            self._min_key, self._min_id, self._min_key_tpot = best, best_id, tpot
         return self._min_key - now
 
     # -- transitions ---------------------------------------------------------------------
@@ -192,7 +197,8 @@ class InstanceState:
         self.dec_tokens += req.tokens_out
         self.dec_tfirst += req.first_token_at
         self.kv_used += req.tokens_out
-        self._min_key = None
+        if self._min_key is not None and (k := req.tokens_out * self._min_key_tpot + req.first_token_at) < self._min_key:
+            self._min_key, self._min_id = k, req.id
         if self.prefix is not None and req.blocks:
             self._pool_prompt(req)
 
@@ -212,7 +218,8 @@ class InstanceState:
         req.tokens_out += count
         self.dec_tokens += count
         self.kv_used += count
-        self._min_key = None
+        if req.id == self._min_id:
+            self._min_key = None
 
     def leave(self, req: RequestState) -> None:
         del self.requests[req.id]
@@ -238,4 +245,5 @@ class InstanceState:
             self.dec_n -= 1
             self.dec_tokens -= req.tokens_out
             self.dec_tfirst -= req.first_token_at
-            self._min_key = None
+            if req.id == self._min_id:
+                self._min_key = None

@@ -22,6 +22,7 @@ from ecoserve.policy.actions import Action, Constraint, SetPhase
 from ecoserve.policy.constraints import ConstraintChecker
 from ecoserve.policy.instance import InstanceState
 from ecoserve.policy.phase import Phase
+from ecoserve.policy.prefix_index import PrefixDirectory
 from ecoserve.policy.request import RequestState
 from ecoserve.policy.tracking import TrackingRouter
 
@@ -73,18 +74,25 @@ class MacroInstance(TrackingRouter):
     def cached_by_instance(self, req: RequestState) -> dict[str, int]:
         """Instance id -> prompt tokens of ``req`` it is thought to hold, for the
         accepting instances holding any; through their shared directory when they
-        have one (``PrefixDirectory``), else by asking each."""
+        have one (``PrefixDirectory``: one walk of the prompt for every macro
+        instance), else by asking each."""
         insts = self._instances
-        directory = next((i.prefix.directory for i in insts.values() if i.prefix is not None), None)
-        if directory is not None:
-            found = directory.matches(req.blocks)
-            out = {}
-            for iid, n in found.items():
-                inst = insts.get(iid)
-                if inst is not None and inst.accepting and inst.prefix is not None:
-                    out[iid] = inst.prefix.tokens_of(n, req.prompt_tokens)
-            return out
-        return {i.id: c for i in insts.values() if i.accepting and (c := i.cached_tokens(req))}
+        directory = self.prefix_directory()
+        if directory is None:
+            return {i.id: c for i in insts.values() if i.accepting and (c := i.cached_tokens(req))}
+        out = {}
+        for iid, n in directory.matches(req.blocks).items():
+            inst = insts.get(iid)
+            if inst is not None and inst.accepting and inst.prefix is not None:
+                out[iid] = inst.prefix.tokens_of(n, req.prompt_tokens)
+        return out
+
+    def prefix_directory(self) -> PrefixDirectory | None:
+        """The ``PrefixDirectory`` its instances' prefix indexes share, if any."""
+        for inst in self._instances.values():
+            if inst.prefix is not None:
+                return inst.prefix.directory
+        return None
 
     def best_cached_tokens(self, req: RequestState) -> int:
         """The longest prefix of ``req`` any accepting instance here holds (tokens)."""
@@ -117,7 +125,7 @@ class MacroInstance(TrackingRouter):
 
     def on_placing(self, inst: InstanceState, req: RequestState, now: float) -> tuple[list[Action], bool]:
         req.cached_tokens = inst.cached_tokens(req)
-        req.predicted_prefill = self.checker.predicted_prefill(inst, req)
+        req.predicted_prefill = self.checker.predicted_prefill(inst, req, req.cached_tokens)
         if inst.prefix is not None and req.blocks:
             inst.prefix.insert(req.blocks)  # the engine will hold them once it prefilled
         if inst.window_start is not None:
@@ -136,3 +144,4 @@ class MacroInstance(TrackingRouter):
             return []
         inst.close_window(now, self.resting_phase)
         return [SetPhase(inst.id, self.resting_phase)]
+

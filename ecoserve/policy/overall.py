@@ -169,8 +169,8 @@ class OverallScheduler(Router):
         n = len(self.macros)
         first_failure: Constraint | None = None
         walk = [(self._cursor + k) % n for k in range(n)]
-        if req.blocks and n > 1:  # the macro instance holding the longest prefix first (stable: ties cyclic)
-            walk.sort(key=lambda i: -self.macros[i].best_cached_tokens(req))
+        if req.blocks and n > 1 and (held := self._cached_by_macro(req)):
+            walk.sort(key=lambda i: -held.get(i, 0))  # the longest prefix first (stable: ties cyclic)
         for idx in walk:
             m = self.macros[idx]
             if m.pending_len():
@@ -184,6 +184,29 @@ class OverallScheduler(Router):
         target = min(self.macros, key=lambda m: m.pending_len())
         target.enqueue(req)
         return [Queued(req.id, first_failure or Constraint.NO_INSTANCE)]
+
+    def _cached_by_macro(self, req: RequestState) -> dict[int, int]:
+        """Macro index -> the longest prefix of ``req`` one of its accepting
+        instances holds (tokens), for those holding any: one directory walk for
+        all of them where the indexes share one, else each macro asks its own."""
+        directory = None
+        for m in self.macros:
+            if (directory := m.prefix_directory()) is not None:
+                break
+        if directory is None:
+            return {k: t for k, m in enumerate(self.macros) if (t := m.best_cached_tokens(req))}
+        found = directory.matches(req.blocks)
+        if not found:
+            return {}
+        index = {id(m): k for k, m in enumerate(self.macros)}
+        out: dict[int, int] = {}
+        for iid, n in found.items():
+            m = self._where.get(iid)
+            inst = m.instance(iid) if m is not None else None
+            if inst is not None and inst.accepting and inst.prefix is not None:
+                k = index[id(m)]
+                out[k] = max(out.get(k, 0), inst.prefix.tokens_of(n, req.prompt_tokens))
+        return out
 
     def _macro_of_request(self, req: RequestState) -> MacroInstance | None:
         if req.instance_id is not None:
