@@ -19,6 +19,7 @@ Reported per cluster size:
     python bench/routing_decisions.py                  # 8, 64 and 512 instances
     python bench/routing_decisions.py --sizes 64 --requests 50000 --json
     python bench/routing_decisions.py --sizes 64 --prefix-blocks 100000   # with prefix-aware routing
+    python bench/routing_decisions.py --sizes 64 --prefix-blocks 100000 --without-hashes   # its baseline
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ SESSION_BLOCKS = 32  # --prefix-blocks: cached sessions of 32 blocks (16k tokens
 
 
 def run(n: int, requests: int, macro_size: int, events: int, dt: float, preload: int, seed: int,
-        prefix_blocks: int = 0) -> dict:  # fmt: skip
+        prefix_blocks: int = 0, clock: str = "wall", hashes: bool = True) -> dict:  # fmt: skip
+    """``hashes`` False: the same prompts and load without block hashes (and no
+    prefix indexes): the decision without prefix awareness, the overhead's baseline."""
     rng = random.Random(seed)
     # ShareGPT-like scale: quadratic prefill of ~0.3 s at 340 tokens; 5 s / 100 ms SLOs.
     pred = PrefillTimePredictor(coeffs=(0.01, 8e-4, 1e-7))
@@ -57,7 +60,7 @@ def run(n: int, requests: int, macro_size: int, events: int, dt: float, preload:
     directory = PrefixDirectory()
     for i in range(n):
         prefix = None
-        if prefix_blocks:  # each instance's index full: prefix_blocks cached in all, as 32-block sessions
+        if prefix_blocks and hashes:  # each instance's index full: prefix_blocks cached in all, as 32-block sessions
             prefix = PrefixIndex(-(-prefix_blocks // n), directory=directory, owner=f"i{i}")
             for s in range(-(-prefix_blocks // n) // SESSION_BLOCKS):
                 prefix.insert(range((i * 10_000 + s) * 100, (i * 10_000 + s) * 100 + SESSION_BLOCKS))
@@ -67,7 +70,7 @@ def run(n: int, requests: int, macro_size: int, events: int, dt: float, preload:
 
     def blocks_of(prompt: int) -> tuple[int, ...]:
         """Half the requests continue a cached session (its blocks, then one new), half start one."""
-        if not prefix_blocks:
+        if not prefix_blocks or not hashes:
             return ()
         k = prompt // 512
         if rng.random() < 0.5:
@@ -82,7 +85,7 @@ def run(n: int, requests: int, macro_size: int, events: int, dt: float, preload:
     submit_ns: list[int] = []
     total_ns = 0
     now, next_tick = 0.0, 0.01
-    perf = time.perf_counter_ns
+    perf = time.perf_counter_ns if clock == "wall" else time.process_time_ns
 
     prefix_routed = [0]
 
@@ -146,6 +149,8 @@ def run(n: int, requests: int, macro_size: int, events: int, dt: float, preload:
         "still_pending": len(sched.pending()),
         "prefix_blocks": prefix_blocks,
         "routed_for_prefix": prefix_routed[0],
+        "clock": clock,
+        "hashes": hashes,
     }
 
 
@@ -162,11 +167,19 @@ def main() -> None:
     ap.add_argument("--prefix-blocks", type=int, default=0,
                     help="prefix-aware routing: this many 512-token blocks cached over the cluster (e.g. 100000), "
                          "half the requests continuing a cached session (issue 15's cost target)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall: perf_counter (what a request waits, on an idle core); cpu: this process's CPU time "
+                         "(the decision's cost without the time it waits for a core on a shared host; each reading "
+                         "costs about 0.2 us more)")
+    ap.add_argument("--without-hashes", action="store_true",
+                    help="with --prefix-blocks: the same prompts and load sent without block hashes, the baseline "
+                         "that the prefix index's cost is measured against")
     ap.add_argument("--json", action="store_true", help="print one JSON object per size")
     args = ap.parse_args()
     for n in (int(s) for s in args.sizes.split(",")):
         res = run(n, args.requests, args.macro_size, args.events, 1.0 / (args.rate_per_instance * n), args.preload,
-                  args.seed, args.prefix_blocks)  # fmt: skip
+                  args.seed, args.prefix_blocks, args.clock,
+                  not args.without_hashes)  # fmt: skip
         if args.json:
             print(json.dumps(res), flush=True)
         else:
