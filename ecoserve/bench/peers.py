@@ -41,8 +41,11 @@ class VllmRouter:
         self.policy = policy
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Its metrics listener defaults to port 29000: a second router on the host would die on it.
+        metrics = [] if any(a.startswith("--prometheus-port") for a in extra_args) else [
+            "--prometheus-port", str(free_port())]  # fmt: skip
         cmd = [*router_command(), "--host", "127.0.0.1", "--port", str(self.port), "--policy", policy,
-               "--worker-urls", *worker_urls, *extra_args]  # fmt: skip
+               "--worker-urls", *worker_urls, *metrics, *extra_args]  # fmt: skip
         self.process = EngineProcess(cmd, dict(os.environ), log_path, header="vllm-router", fresh_log=True)
 
     def start(self, timeout: float = 60.0) -> VllmRouter:

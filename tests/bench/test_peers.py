@@ -31,3 +31,11 @@ def test_vllm_router_serves_a_completion_from_the_engine_behind_it(tmp_path, eng
 def test_an_unknown_router_policy_is_refused_before_anything_starts():
     with pytest.raises(ValueError, match="unknown vllm-router policy"):
         VllmRouter(["http://127.0.0.1:1"], policy="fastest")
+
+
+def test_two_routers_run_side_by_side(tmp_path, engine):
+    """Each gets its own metrics port: vllm-router's default (29000) would make
+    the second exit, as it did beside a running benchmark."""
+    with VllmRouter([engine], log_path=tmp_path / "a.log") as a, VllmRouter([engine], log_path=tmp_path / "b.log") as b:
+        assert httpx.get(a.url + "/health", timeout=5).status_code == 200
+        assert httpx.get(b.url + "/health", timeout=5).status_code == 200
