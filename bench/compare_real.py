@@ -680,26 +680,30 @@ def censored(runs: list[dict], level: float) -> str | None:
     return None
 
 
-def ratios(summary: dict, ours: str = "ecoserve") -> str:
-    """EcoServe's goodput over the best peer and over each peer, per workload and
-    level; a goodput outside the measured rates is shown as a bound, without a ratio."""
-    out = ["| workload | level | EcoServe (req/s) | best peer | EcoServe / best | EcoServe / each peer |",
+def ratios(summary: dict) -> str:
+    """Each EcoServe system's goodput over the best peer and over each peer, per
+    workload and level; a goodput outside the measured rates is shown as a bound,
+    without a ratio. Peers: every system not named ``ecoserve*``."""
+    out = ["| workload | level | EcoServe system (req/s) | best peer | over best | over each peer |",
            "|---|---|---|---|---|---|"]
     for wl, by in summary["goodput"].items():
         runs = {r["policy"]: r["runs"] for r in summary["results"] if r["workload"] == wl}
-        if ours not in by or len(by) < 2:
+        ours_all = [k for k in by if k.startswith("ecoserve")]
+        peers = [k for k in by if not k.startswith("ecoserve")]
+        if not ours_all or not peers:
             continue
         for lvl, v in LEVELS:
             shown = {k: censored(runs[k], v) or f"{g[lvl]:.2f}" for k, g in by.items()}
             exact = {k: g[lvl] for k, g in by.items() if censored(runs[k], v) is None}
-            peers = [k for k in by if k != ours]
             best = max(peers, key=lambda k: by[k][lvl])
+            for ours in ours_all:
 
-            def over(k: str) -> str:
-                return f"{exact[ours] / exact[k]:.2f}x" if ours in exact and k in exact and exact[k] > 0 else "n/a"
+                def over(k: str, ours: str = ours) -> str:
+                    return f"{exact[ours] / exact[k]:.2f}x" if ours in exact and k in exact and exact[k] > 0 else "n/a"
 
-            each = ", ".join(f"{k} {over(k)}" for k in peers)
-            out.append(f"| {wl} | {lvl.upper()} | {shown[ours]} | {best} {shown[best]} | {over(best)} | {each} |")
+                each = ", ".join(f"{k} {over(k)}" for k in peers)
+                out.append(f"| {wl} | {lvl.upper()} | {ours} {shown[ours]} | {best} {shown[best]} | {over(best)} "
+                           f"| {each} |")
     return "\n".join(out) + "\n"
 
 
