@@ -13,7 +13,8 @@ Routing a request:
    window), the one where chunking it would give the earliest first token: the
    prompt tokens trickling there plus its own, at the instance's trickle rate
    (``trickle_budget`` less one token per decode, per step of the predicted
-   mixed-step time); ties go to the instance with fewer requests. Taken if that
+   mixed-step time, the last step at what is left); ties go to the instance
+   with fewer requests. Taken if that
    prediction meets the TTFT SLO and the decoders can pay for it (the guard).
    The guard: each of the k steps that prefill the prompts trickling there,
    r's included, lasts ``step`` against the decoders' TPOT; where a step is
@@ -58,31 +59,42 @@ class TrickleMacroInstance(MacroInstance):
         self.steps = steps
         self.trickle_budget = trickle_budget
 
-    def _trickle_steps(self, inst: InstanceState, req: RequestState) -> tuple[int, float]:
-        """(k, seconds): the predicted chunked steps that prefill the prompts
-        trickling on ``inst`` and ``req``'s, and each one's time."""
+    def _trickle_steps(self, inst: InstanceState, req: RequestState) -> tuple[int, float, float]:
+        """(k, full, last): the predicted chunked steps that prefill the prompts
+        trickling on ``inst`` and ``req``'s, the time of each full chunk and of
+        the last, which takes only what is left. Predicting the last at a full
+        chunk made a busier instance look sooner whenever a prompt fits in one
+        chunk (its decoders shrink the chunk, hence the predicted step), and
+        trickling piled onto it: on the real ShareGPT-half run at 0.6 req/s one
+        engine carried 73% of the decode work."""
         batch = inst.dec_n
         chunk = max(1, self.trickle_budget - batch)
-        step = self.steps.step_time(chunk, batch, max(0, inst.kv_used - inst.trickle_tokens))  # decoders' KV
-        return math.ceil((inst.trickle_tokens + req.prompt_tokens) / chunk), step
+        kv = max(0, inst.kv_used - inst.trickle_tokens)  # the decoders' KV
+        tokens = inst.trickle_tokens + req.prompt_tokens
+        k = math.ceil(tokens / chunk)
+        full = self.steps.step_time(chunk, batch, kv) if k > 1 else 0.0
+        return k, full, self.steps.step_time(tokens - (k - 1) * chunk, batch, kv)
 
     def trickle_ttft(self, inst: InstanceState, req: RequestState) -> float:
         """Predicted seconds to ``req``'s first token if chunked on ``inst`` now,
         behind the prompts already trickling there (inf: ``inst`` is in a window)."""
         if inst.window_start is not None:
             return math.inf
-        k, step = self._trickle_steps(inst, req)
-        return k * step
+        k, full, last = self._trickle_steps(inst, req)
+        return (k - 1) * full + last
 
     def decoders_pay(self, inst: InstanceState, req: RequestState, now: float) -> bool:
         """The guard: trickling ``req`` on ``inst`` leaves its least-slack decoder
-        its next token in time (module docstring)."""
+        its next token in time (module docstring): the slack must cover the
+        most the steps fall behind the TPOT at any point."""
         slack = inst.min_slack(now, self.checker.slo.tpot)
         if slack is None:
             return True  # nothing decodes: nobody's TPOT is at stake
-        k, step = self._trickle_steps(inst, req)
-        late = step - self.checker.slo.tpot
-        return late <= 0 or slack >= k * late + self.checker.decode_margin_s  # late <= 0: each step banks slack
+        k, full, last = self._trickle_steps(inst, req)
+        tpot = self.checker.slo.tpot
+        behind = (k - 1) * (full - tpot)
+        need = max(0.0, behind, behind + last - tpot)  # steps shorter than the TPOT bank slack
+        return need <= 0 or slack >= need + self.checker.decode_margin_s
 
     def _trickles(self, inst: InstanceState, req: RequestState, now: float) -> bool:
         return (self._can_hold(inst, req) and self.trickle_ttft(inst, req) <= self.checker.slo.ttft

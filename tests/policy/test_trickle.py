@@ -13,9 +13,9 @@ from tests.policy.helpers import linear_predictor, req
 STEPS = StepTimePredictor(linear_predictor(), DecodeStepModel((0.02, 1e-3, 0.0)))
 
 
-def scheduler(n=2, ttft=1.0, tpot=0.1, budget=100) -> OverallScheduler:
-    checker = ConstraintChecker(SLO(ttft, tpot), STEPS.prefill, slack_mode="min")
-    s = OverallScheduler(checker, lambda c, name: TrickleMacroInstance(c, STEPS, budget, name))
+def scheduler(n=2, ttft=1.0, tpot=0.1, budget=100, steps=STEPS) -> OverallScheduler:
+    checker = ConstraintChecker(SLO(ttft, tpot), steps.prefill, slack_mode="min")
+    s = OverallScheduler(checker, lambda c, name: TrickleMacroInstance(c, steps, budget, name))
     for i in range(n):
         s.add_instance(InstanceState(f"i{i}", 100_000), 0.0)
     return s
@@ -41,8 +41,29 @@ def test_the_trickle_prediction_is_queued_tokens_over_chunks_of_predicted_steps(
     s.submit(req("a", prompt=150), 0.0)
     s.on_progress([("a", 1)], 0.5)  # a decodes now: chunks are 100 - 1 tokens
     inst = m.instance("i0")
-    # 250 tokens in chunks of 99: 3 steps of (20 ms + 1 ms + 99 ms)
-    assert m.trickle_ttft(inst, req("b", prompt=250)) == pytest.approx(3 * (0.021 + 0.099))
+    # 250 tokens in chunks of 99: 2 steps of (20 ms + 1 ms + 99 ms), then one of the 52 left
+    assert m.trickle_ttft(inst, req("b", prompt=250)) == pytest.approx(2 * (0.021 + 0.099) + (0.021 + 0.052))
+
+
+def test_a_prompt_that_fits_one_chunk_trickles_where_fewer_decode():
+    """The last step is predicted at the tokens left, not a full chunk: at a full
+    chunk the busier instance looked sooner (its decoders shrink the chunk, and
+    the predicted step with it) and trickling piled onto it."""
+    # A decoder costs less than a prompt token (0.1 ms against 1 ms), as on the CPU engines' profile.
+    s = scheduler(n=2, ttft=5.0, budget=2048,
+                  steps=StepTimePredictor(linear_predictor(), DecodeStepModel((0.02, 1e-4, 0.0))))
+    for rid in ("d1", "d2", "d3"):  # three decoders over the two instances
+        s.submit(req(rid, prompt=10), 0.0)
+    assert {s.request(r).instance_id for r in ("d1", "d2", "d3")} == {"i0", "i1"}
+    s.on_progress([(r, 1) for r in ("d1", "d2", "d3")], 0.1)
+    s.on_progress([(r, 10) for r in ("d1", "d2", "d3")], 0.2)  # ahead of their TPOT: slack to pay with
+    busy = max(s.instances(), key=lambda i: i.dec_n)
+    idle = min(s.instances(), key=lambda i: i.dec_n)
+    assert busy.dec_n > idle.dec_n
+    m = s.macros[0]
+    assert m.trickle_ttft(idle, req("x", prompt=200)) < m.trickle_ttft(busy, req("x", prompt=200))
+    (r,) = s.submit(req("a", prompt=200), 0.2)
+    assert r.instance_id == idle.id
 
 
 def test_when_trickling_would_miss_ttft_a_window_opens_and_closes_back_to_chunked():
