@@ -640,12 +640,15 @@ def main() -> None:
             router.stop()
         stop_engines(engines, STOP_GRACE_S)
 
+    earlier = out / "results.json"
     if a.keep_others:  # the other systems' runs, from their raw files
         done = {r["policy"] for r in results}
         results = [r for r in earlier_runs(out, workloads, rates) if r["policy"] not in done] + results
+        if earlier.is_file():  # and the workloads not run now, as the last summary had them
+            results, slos = other_workloads(json.loads(earlier.read_text()), results, slos, workloads)
+            (out / "slos.json").write_text(json.dumps(slos, indent=1) + "\n")
     summary = summarize(results, slos, profile_path, time.time() - t_start, a)
     summary["requests_per_point"] = {w: {f"{r:g}": n for r, n in c.items()} for w, c in counts.items()}
-    earlier = out / "results.json"
     if (a.keep_others or a.resume) and earlier.is_file():  # cross-checks not rerun now stand
         cross = {**json.loads(earlier.read_text()).get("cross_check", {}), **cross}
     summary["cross_check"] = cross
@@ -653,6 +656,13 @@ def main() -> None:
     (out / "RESULTS-table.md").write_text(table(summary))
     plot(summary, out)
     print(json.dumps(summary["goodput"], indent=1))
+
+
+def other_workloads(prev: dict, results: list[dict], slos: dict, workloads) -> tuple[list[dict], dict]:
+    """``results`` and ``slos`` with the earlier summary's workloads that this run
+    did not measure: a run over fewer ``--workloads`` must not drop the others."""
+    kept = [r for r in prev.get("results", []) if r["workload"] not in workloads]
+    return kept + results, {**{w: v for w, v in prev.get("slos", {}).items() if w not in workloads}, **slos}
 
 
 def summarize(results: list[dict], slos: dict, profile_path: Path, wall: float, a) -> dict:
