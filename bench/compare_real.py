@@ -92,7 +92,9 @@ WORKLOADS = ("sharegpt-half", "azure-quarter", "longbench-quarter", "chat-small"
 ECOSERVE_VARIANTS = {"ecoserve-noprefix": ["--policy", "ecoserve", "--no-prefix-routing"],
                      "ecoserve-estimated": ["--policy", "ecoserve", "--no-kv-events"],
                      "ecoserve-trickle": ["--policy", "ecoserve-trickle", "--chunk-size", "2048"],
-                     "ecoserve-trickle-64": ["--policy", "ecoserve-trickle", "--chunk-size", "64"]}
+                     "ecoserve-trickle-64": ["--policy", "ecoserve-trickle", "--chunk-size", "64"],
+                     # the same flags as ecoserve-trickle: its label for runs after the last-chunk fix (41ecc97)
+                     "ecoserve-trickle-2048": ["--policy", "ecoserve-trickle", "--chunk-size", "2048"]}
 SYSTEMS = ("ecoserve", *ECOSERVE_VARIANTS, "round-robin", "least-loaded", "fudg-1p1d", *ROUTER_PEERS)
 DEFAULT_SYSTEMS = ("ecoserve", "router-rr-256", "router-rr-512", "router-rr-1024", "router-rr", "router-cache",
                    "router-p2c")
