@@ -144,4 +144,3 @@ class MacroInstance(TrackingRouter):
             return []
         inst.close_window(now, self.resting_phase)
         return [SetPhase(inst.id, self.resting_phase)]
-

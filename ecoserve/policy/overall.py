@@ -187,26 +187,15 @@ class OverallScheduler(Router):
 
     def _cached_by_macro(self, req: RequestState) -> dict[int, int]:
         """Macro index -> the longest prefix of ``req`` one of its accepting
-        instances holds (tokens), for those holding any: one directory walk for
-        all of them where the indexes share one, else each macro asks its own."""
-        directory = None
+        instances holds (tokens), for those holding any. Where the indexes share a
+        directory, a prompt nobody holds (the common case) is answered by one
+        walk; otherwise each macro instance asks (the walk is memoised)."""
         for m in self.macros:
             if (directory := m.prefix_directory()) is not None:
+                if not directory.matches(req.blocks):
+                    return {}
                 break
-        if directory is None:
-            return {k: t for k, m in enumerate(self.macros) if (t := m.best_cached_tokens(req))}
-        found = directory.matches(req.blocks)
-        if not found:
-            return {}
-        index = {id(m): k for k, m in enumerate(self.macros)}
-        out: dict[int, int] = {}
-        for iid, n in found.items():
-            m = self._where.get(iid)
-            inst = m.instance(iid) if m is not None else None
-            if inst is not None and inst.accepting and inst.prefix is not None:
-                k = index[id(m)]
-                out[k] = max(out.get(k, 0), inst.prefix.tokens_of(n, req.prompt_tokens))
-        return out
+        return {k: t for k, m in enumerate(self.macros) if (t := m.best_cached_tokens(req))}
 
     def _macro_of_request(self, req: RequestState) -> MacroInstance | None:
         if req.instance_id is not None:

@@ -126,11 +126,8 @@ class PrefixDirectory:
         return out
 
     def _record(self, out: dict[str, int], bits: int, count: int) -> None:
-        indexes = self._indexes
-        while bits:
-            low = bits & -bits
-            out[indexes[low.bit_length() - 1].owner] = count
-            bits ^= low
+        for index in self._owners(bits):
+            out[index.owner] = count
 
     # -- changes (through PrefixIndex) --------------------------------------------------
 
@@ -212,9 +209,7 @@ class PrefixIndex:
     def cached_tokens(self, blocks: Sequence[int], prompt_tokens: int) -> int:
         """Prompt tokens that need no prefill here: whole held blocks from the
         start, at most ``prompt_tokens - 1``."""
-        if not blocks or prompt_tokens <= 1:
-            return 0
-        return min(self._tree.matches(blocks).get(self.owner, 0) * self.block_tokens, prompt_tokens - 1)
+        return self.tokens_of(self._tree.matches(blocks).get(self.owner, 0), prompt_tokens) if blocks else 0
 
     def tokens_of(self, matched_blocks: int, prompt_tokens: int) -> int:
         if prompt_tokens <= 1:
