@@ -105,7 +105,11 @@ class LivePrefixes:
         ep.batches += 1
         for ev in batch.events:
             if isinstance(ev, BlockStored):
-                if ev.block_size == ep.index.block_tokens and not ev.lora_id and not ev.extra_keys:
+                # vLLM 0.32 sends extra_keys as one entry per block, None where the block
+                # has none ([None, None, ...]): only a block with some (LoRA, multimodal,
+                # cache salt) hashes unlike ours
+                plain = not ev.extra_keys or all(k is None for k in ev.extra_keys)
+                if ev.block_size == ep.index.block_tokens and not ev.lora_id and plain:
                     parent = None if ev.parent_block_hash is None else _int(ev.parent_block_hash)
                     ep.index.insert([_int(h) for h in ev.block_hashes], parent)
             elif isinstance(ev, BlockRemoved):

@@ -50,9 +50,13 @@ def test_the_index_follows_stored_removed_and_cleared_events():
     p.apply("e0", KVEventBatch(4.0, [_stored(block_hashes(ids, 128))]))
     assert idx.matched_blocks(blocks) == 3
     # Blocks of another size, or with extra keys (LoRA, multimodal), are not ours to match.
-    p.apply("e0", KVEventBatch(5.0, [_stored([99], size=16), BlockStored([98], None, [], 128, lora_id=3)]))
-    assert 99 not in idx and 98 not in idx
-    assert p.summary("e0")["source"] == "kv-events" and p.summary("e0")["event_batches"] == 5
+    p.apply("e0", KVEventBatch(5.0, [_stored([99], size=16), BlockStored([98], None, [], 128, lora_id=3),
+                                     BlockStored([97], None, [], 128, extra_keys=[("salt",)])]))  # fmt: skip
+    assert 99 not in idx and 98 not in idx and 97 not in idx
+    # vLLM 0.32 sends one extra key per block, None for a plain one: those blocks are ours.
+    p.apply("e0", KVEventBatch(5.5, [BlockStored([96], None, [], 128, extra_keys=[None])]))
+    assert 96 in idx
+    assert p.summary("e0")["source"] == "kv-events" and p.summary("e0")["event_batches"] == 6
     p.routed("e0", 700, 512)
     p.routed("nobody", 700, 512)  # an engine gone: ignored
     assert (p.summary("e0")["routed_prompt_tokens"], p.summary("e0")["predicted_hit_tokens"]) == (700, 512)
@@ -124,3 +128,81 @@ def test_publishing_args_leave_the_users_own_settings():
 ])  # fmt: skip
 def test_subscribe_address(endpoint, url, want):
     assert subscribe_address(endpoint, url) == want
+
+
+@pytest.mark.engine
+def test_the_index_follows_a_real_engines_evictions(tiny_model, start_engine, tmp_path):
+    """A real engine with a KV cache of 10 blocks (128 tokens each) serves nine
+    3-block prompts one after another, so it evicts; the index is kept by its
+    events alone. Then each prompt is sent again, twice (probes evict one
+    another too): before each, the index's prediction of the prompt tokens the
+    engine's cache serves equals what the engine reports as prefix hits for it
+    (``vllm:prefix_cache_hits_total``), held prompts and evicted ones alike."""
+    import random
+    import time
+
+    import httpx
+    import zmq
+
+    endpoint = f"ipc://{tmp_path}/kv-events.sock"
+    events = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": endpoint}
+    engine = start_engine(tiny_model, "--max-model-len", "512", "--enforce-eager", "--dtype", "bfloat16",
+                          "--num-gpu-blocks-override", "10", "--max-num-seqs", "2",
+                          "--prefix-caching-hash-algo", HASH_ALGO, "--kv-events-config", msgspec.json.encode(events).decode(),
+                          name="kv-evictions", env={"PYTHONHASHSEED": "4321"})  # fmt: skip
+    p = LivePrefixes()
+    idx = p.index_for("e", engine.url, _status(blocks=10, seed="4321", events=endpoint))
+    assert idx is not None
+    seen = {"removed": 0}
+
+    def on_batch(batch: KVEventBatch) -> None:
+        seen["removed"] += sum(isinstance(e, BlockRemoved) for e in batch.events)
+        p.apply("e", batch)
+
+    subscriber = KVEventSubscriber(endpoint, on_batch, on_gap=lambda n: p.lost("e", n))
+    with engine:
+        engine.wait_ready(300)
+        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.connect(endpoint)
+
+        def drain(quiet_s: float = 1.0) -> None:  # until the engine has published nothing for quiet_s
+            while sub.poll(int(quiet_s * 1000)):
+                subscriber.handle(sub.recv_multipart())
+
+        def hits() -> float:
+            text = httpx.get(engine.url + "/metrics", timeout=10).text
+            return sum(float(line.split()[-1]) for line in text.splitlines()
+                       if line.startswith("vllm:prefix_cache_hits_total"))  # fmt: skip
+
+        try:
+            time.sleep(1.0)  # the subscription reaches the engine's PUB
+            model = httpx.get(engine.url + "/v1/models").json()["data"][0]["id"]
+            rng = random.Random(7)
+            prompts = [[rng.randrange(5, 1000) for _ in range(3 * 128 + 20)] for _ in range(9)]
+
+            def send(prompt: list[int]) -> None:
+                r = httpx.post(engine.url + "/v1/completions", timeout=120,
+                               json={"model": model, "prompt": prompt, "max_tokens": 1})  # fmt: skip
+                assert r.status_code == 200, r.text
+
+            for prompt in prompts:
+                send(prompt)
+                drain()
+            assert seen["removed"] > 0, "the engine evicted nothing: the test proves nothing"
+            predicted, reported = [], []
+            # the last prompt first (still held), the others shuffled (mostly evicted), each twice
+            # in a row (the second finds what the first stored)
+            for k in [len(prompts) - 1, *rng.sample(range(len(prompts) - 1), len(prompts) - 1)]:
+                for _ in range(2):
+                    drain()
+                    predicted.append(idx.cached_tokens(p.blocks_of(prompts[k]), len(prompts[k])))
+                    before = hits()
+                    send(prompts[k])
+                    reported.append(hits() - before)
+        finally:
+            sub.close()
+    assert subscriber.lost == 0 and subscriber.malformed == 0
+    assert predicted == reported, (predicted, reported)
+    assert predicted[0] == 3 * 128 and predicted.count(0) >= 4  # held and evicted prompts were probed
