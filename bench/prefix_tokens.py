@@ -16,6 +16,8 @@ from ecoserve.sim import SimConfig, simulate
 from ecoserve.workload import WorkloadTemplate
 
 POLICIES = (("ecoserve", "ecoserve", True), ("ecoserve (no prefix routing)", "ecoserve", False),
+            ("ecoserve-trickle", "ecoserve-trickle", True),
+            ("ecoserve-trickle (no prefix routing)", "ecoserve-trickle", False),
             ("prefix-oracle", "prefix-oracle", True), ("least-loaded", "least-loaded", True),
             ("round-robin", "round-robin", True))  # fmt: skip
 

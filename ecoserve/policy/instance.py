@@ -51,8 +51,8 @@ class InstanceState:
     window_pred: float = 0.0
     # Requests routed outside any window that have no first token yet (trickled
     # in chunks beside the decodes: policy/trickle.py): count, predicted prefill
-    # seconds and prompt tokens. Always zero under Algorithm 1, which routes into
-    # windows only.
+    # seconds and the prompt tokens their chunks compute (less what the prefix
+    # cache holds). Always zero under Algorithm 1, which routes into windows only.
     trickle_n: int = 0
     trickle_pred: float = 0.0
     trickle_tokens: int = 0
@@ -185,7 +185,7 @@ class InstanceState:
     def _trickle(self, req: RequestState, sign: int) -> None:
         self.trickle_n += sign
         self.trickle_pred += sign * req.predicted_prefill
-        self.trickle_tokens += sign * req.prompt_tokens
+        self.trickle_tokens += sign * (req.prompt_tokens - req.cached_tokens)  # what its chunks compute
 
     def start(self, req: RequestState) -> None:
         """``req`` just had its first token (tokens_out already counted)."""

@@ -7,8 +7,12 @@ its TTFT budget or its decoders' slack runs out; routing then moves on while
 that instance goes back to decoding. That is rolling activation.
 
 Prefixes: a request whose prompt an instance already holds (its prefix cache,
-``InstanceState.prefix``) tries that instance first, inside the same check; the
-cyclic walk follows if it does not fit.
+``InstanceState.prefix``) tries that instance first, inside the same check (a
+detour: the cursor stays); if it does not fit, the cyclic walk follows, as if
+nothing were cached. Under ``OverallScheduler`` the detours of every macro
+instance come first (``try_detour``), then its cyclic walk over the macro
+instances (``choose_without_affinity``), so prefix routing never moves the
+rolling-activation cursors.
 
 Phases: routing a request to an instance that is not in a prefill window opens
 one (``SetPhase(PREFILL)``); once every request of the window has its first
@@ -43,6 +47,10 @@ class MacroInstance(TrackingRouter):
         return self.checker.kv_need(req, inst)
 
     def admits(self, inst: InstanceState, req: RequestState, now: float) -> Constraint | None:
+        return self._fits(inst, req, now)
+
+    def _fits(self, inst: InstanceState, req: RequestState, now: float) -> Constraint | None:
+        """Algorithm 1's constraint check (a window on ``inst``), or what fails it."""
         if not inst.accepting:
             return Constraint.NO_INSTANCE
         return self.checker.checked(inst, req, now).failed
@@ -51,25 +59,45 @@ class MacroInstance(TrackingRouter):
         self._cursor = self._order.index(inst.id)
 
     def choose(self, req: RequestState, now: float) -> tuple[InstanceState | None, Constraint | str]:
-        order = self._order
+        warm = self.warm_holders(req)
+        first_failure: Constraint | None = None
+        for inst in warm:
+            failed = self._fits(inst, req, now)
+            if failed is None:
+                return inst, "prefix"
+            first_failure = first_failure or failed
+        inst, why = self._walk(req, now, skip={i.id for i in warm})
+        return inst, (first_failure or why) if inst is None else why
+
+    def choose_without_affinity(self, req: RequestState, now: float) -> tuple[InstanceState | None, Constraint | str]:
+        return self._walk(req, now)
+
+    def _walk(self, req: RequestState, now: float, skip: set[str] = frozenset()) -> tuple[InstanceState | None, Constraint | str]:
+        """Rolling activation: the first instance from the cursor on that passes the check."""
+        order, insts = self._order, self._instances
         n = len(order)
         first_failure: Constraint | None = None
-        walk = [(self._cursor + k) % n for k in range(n)]
-        held = self.cached_by_instance(req) if req.blocks else {}
-        if held:
-            walk = self._by_prefix(walk, held)
-        for idx in walk:
-            inst = self._instances[order[idx]]
-            if not inst.accepting:
+        for k in range(n):
+            idx = (self._cursor + k) % n
+            inst = insts[order[idx]]
+            if not inst.accepting or inst.id in skip:
                 continue
             failed = self.checker.checked(inst, req, now).failed
             if failed is None:
-                if held.get(inst.id, 0) >= self.affinity_min_tokens:
-                    return inst, "prefix"  # an affinity detour: rolling activation's cursor stays
                 self._cursor = idx
                 return inst, "fits"
             first_failure = first_failure or failed
         return None, first_failure or Constraint.NO_INSTANCE
+
+    def detour(self, req: RequestState, now: float) -> InstanceState | None:
+        """The holder of ``req``'s prefix that takes it (``warm_holders`` order), or None."""
+        return next((inst for inst in self.warm_holders(req) if self._fits(inst, req, now) is None), None)
+
+    def try_detour(self, req: RequestState, now: float) -> list[Action] | None:
+        """Route ``req`` to a holder of its prefix if one takes it (``detour``), leaving
+        the cursor where it is; None: none does."""
+        inst = self.detour(req, now)
+        return None if inst is None else self.place_on(inst, req, now, "prefix")
 
     def cached_by_instance(self, req: RequestState) -> dict[str, int]:
         """Instance id -> prompt tokens of ``req`` it is thought to hold, for the
@@ -98,19 +126,22 @@ class MacroInstance(TrackingRouter):
         """The longest prefix of ``req`` any accepting instance here holds (tokens)."""
         return max(self.cached_by_instance(req).values(), default=0)
 
-    def _by_prefix(self, walk: list[int], held: dict[str, int]) -> list[int]:
-        """Prefix affinity inside the constraint check: instances holding at least
-        ``affinity_min_tokens`` of the prompt (``held``: ``cached_by_instance``)
-        first, longest first (ties: the cyclic order); then the cyclic walk. Each
+    def warm_holders(self, req: RequestState, held: dict[str, int] | None = None) -> list[InstanceState]:
+        """Prefix affinity inside the constraint check: the accepting instances
+        holding at least ``affinity_min_tokens`` of the prompt (``held``:
+        ``cached_by_instance``), longest first (ties: the cyclic order). Each
         still has to pass the check, so a hot prefix spills to the next instance
         once its holder would miss an SLO, rather than pinning its traffic there."""
-        cached = {idx: held.get(self._order[idx], 0) for idx in walk}
-        warm = [idx for idx in walk if cached[idx] >= self.affinity_min_tokens]
-        if not warm:
-            return walk
-        warm.sort(key=lambda idx: -cached[idx])  # stable: ties keep the cyclic order
-        first = set(warm)
-        return warm + [idx for idx in walk if idx not in first]
+        if not req.blocks:
+            return []
+        if held is None:
+            held = self.cached_by_instance(req)
+        floor = self.affinity_min_tokens
+        warm = [iid for iid, t in held.items() if t >= floor]
+        if len(warm) > 1:
+            order, n, cur = self._order, len(self._order), self._cursor
+            warm.sort(key=lambda iid: (-held[iid], (order.index(iid) - cur) % n))
+        return [self._instances[iid] for iid in warm]
 
     def detach_instance(self, instance_id: str) -> InstanceState:
         idx = self._order.index(instance_id)

@@ -3,7 +3,11 @@
 The paper leaves its policy open. Ours: offer a request to the macro
 instances cyclically, starting with the one that took the previous request,
 skipping any whose queue is non-empty (FIFO there); the first that can place it
-takes it. If none can, it joins the shortest pending queue. Whenever state
+takes it. If none can, it joins the shortest pending queue. A request whose
+prompt some instances hold (their prefix caches) is first offered to those
+holders, the longest prefix first (``MacroInstance.try_detour``): a detour
+that moves no cursor, so when no holder takes it, it is routed exactly as it
+would be with nothing cached. Whenever state
 changes, each queue's head is offered to its own macro instance first and then
 to the others with empty queues, so no request is stranded behind a busy
 group while another has room.
@@ -166,17 +170,19 @@ class OverallScheduler(Router):
         self._live[req.id] = req
         if not self.macros:
             self._new_macro()
+        if req.blocks:
+            for m in self._holding_macros(req):
+                if not m.pending_len() and (got := m.try_detour(req, now)) is not None:
+                    return got
         n = len(self.macros)
         first_failure: Constraint | None = None
-        walk = [(self._cursor + k) % n for k in range(n)]
-        if req.blocks and n > 1 and (held := self._cached_by_macro(req)):
-            walk.sort(key=lambda i: -held.get(i, 0))  # the longest prefix first (stable: ties cyclic)
-        for idx in walk:
+        for k in range(n):
+            idx = (self._cursor + k) % n
             m = self.macros[idx]
             if m.pending_len():
                 first_failure = first_failure or Constraint.QUEUE
                 continue
-            actions, failed = m.try_route(req, now)
+            actions, failed = m.try_route(req, now, affinity=False)
             if failed is None:
                 self._cursor = idx
                 return actions
@@ -185,17 +191,25 @@ class OverallScheduler(Router):
         target.enqueue(req)
         return [Queued(req.id, first_failure or Constraint.NO_INSTANCE)]
 
-    def _cached_by_macro(self, req: RequestState) -> dict[int, int]:
-        """Macro index -> the longest prefix of ``req`` one of its accepting
-        instances holds (tokens), for those holding any. Where the indexes share a
-        directory, a prompt nobody holds (the common case) is answered by one
-        walk; otherwise each macro instance asks (the walk is memoised)."""
-        for m in self.macros:
-            if (directory := m.prefix_directory()) is not None:
-                if not directory.matches(req.blocks):
-                    return {}
-                break
-        return {k: t for k, m in enumerate(self.macros) if (t := m.best_cached_tokens(req))}
+    def _holding_macros(self, req: RequestState) -> list[MacroInstance]:
+        """The macro instances where an accepting instance holds at least their
+        ``affinity_min_tokens`` of ``req``'s prompt, the longest prefix first
+        (ties: the cyclic order). Where the indexes share a directory, one walk
+        of the prompt names the holders (the walk is memoised for the rest of
+        the decision); otherwise each macro instance asks."""
+        directory = next((d for m in self.macros if (d := m.prefix_directory()) is not None), None)
+        holding = None  # without a shared directory: every macro instance asks its own indexes
+        if directory is not None:
+            owners = directory.matches(req.blocks)
+            if not owners:
+                return []
+            holding = {id(m) for o in owners if (m := self._where.get(o)) is not None}
+        n, cur = len(self.macros), self._cursor
+        ranked = [(-t, (k - cur) % n, m) for k, m in enumerate(self.macros)
+                  if (holding is None or id(m) in holding)
+                  and (t := m.best_cached_tokens(req)) >= m.affinity_min_tokens]  # fmt: skip
+        ranked.sort(key=lambda x: x[:2])
+        return [m for *_, m in ranked]
 
     def _macro_of_request(self, req: RequestState) -> MacroInstance | None:
         if req.instance_id is not None:

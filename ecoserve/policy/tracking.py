@@ -35,6 +35,11 @@ class TrackingRouter(Router):
         """Where ``req`` may go now: (instance, reason it was chosen) or
         (None, the constraint that kept it out)."""
 
+    def choose_without_affinity(self, req: RequestState, now: float) -> tuple[InstanceState | None, Constraint | str]:
+        """``choose`` without trying the holders of ``req``'s cached prefix first:
+        for a caller that tried them already (``OverallScheduler``'s detours)."""
+        return self.choose(req, now)
+
     def admits(self, inst: InstanceState, req: RequestState, now: float) -> Constraint | None:
         """Whether ``inst`` may take ``req`` now (None) or what keeps it out.
         Used to re-offer the queue to the one instance whose state changed."""
@@ -174,12 +179,13 @@ class TrackingRouter(Router):
         return actions
 
     def try_route(
-        self, req: RequestState, now: float, only: InstanceState | None = None
+        self, req: RequestState, now: float, only: InstanceState | None = None, *, affinity: bool = True
     ) -> tuple[list[Action], Constraint | None]:
         """Place ``req`` now if the policy allows, without queueing it; with
-        ``only``, consider that one instance alone."""
+        ``only``, consider that one instance alone; ``affinity`` False:
+        ``choose_without_affinity``."""
         if only is None:
-            inst, reason = self.choose(req, now)
+            inst, reason = self.choose(req, now) if affinity else self.choose_without_affinity(req, now)
             if inst is None:
                 assert isinstance(reason, Constraint)
                 return [], reason
@@ -189,13 +195,17 @@ class TrackingRouter(Router):
                 return [], failed
             inst, reason = only, "fits"
             self.took(inst)
+        return self.place_on(inst, req, now, str(reason)), None
+
+    def place_on(self, inst: InstanceState, req: RequestState, now: float, reason: str) -> list[Action]:
+        """Route ``req`` to ``inst``, which the policy chose (``reason``)."""
         req.routed_at = now
         req.instance_id = inst.id
         req.kv_reserved = self.kv_need(req, inst)
         extra, in_window = self.on_placing(inst, req, now)
         inst.place(req, in_window)
         self._requests[req.id] = req
-        return [Routed(req.id, inst.id, str(reason)), *extra], None
+        return [Routed(req.id, inst.id, reason), *extra]
 
     def on_progress(self, progress: Iterable[tuple[str, int]], now: float) -> list[Action]:
         actions: list[Action] = []

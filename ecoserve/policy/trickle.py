@@ -16,6 +16,12 @@ Routing a request:
    mixed-step time, the last step at what is left); ties go to the instance
    with fewer requests. Taken if that
    prediction meets the TTFT SLO and the decoders can pay for it (the guard).
+   Prefixes: only the part of the prompt the instance's prefix cache does not
+   hold is chunked (vLLM skips the rest), so every prediction here counts
+   those tokens; and among the instances that pass, one holding at least
+   ``affinity_min_tokens`` of the prompt is taken first, the longest prefix
+   first (as ``MacroInstance.choose`` does for windows): a hot prefix spills
+   over once its holder's predicted TTFT or its decoders' slack runs out.
    The guard: each of the k steps that prefill the prompts trickling there,
    r's included, lasts ``step`` against the decoders' TPOT; where a step is
    longer than the TPOT, the least-slack decoder loses ``k * (step - TPOT)``
@@ -59,70 +65,93 @@ class TrickleMacroInstance(MacroInstance):
         self.steps = steps
         self.trickle_budget = trickle_budget
 
-    def _trickle_steps(self, inst: InstanceState, req: RequestState) -> tuple[int, float, float]:
+    def _trickle_steps(self, inst: InstanceState, req: RequestState, cached: int = 0) -> tuple[int, float, float]:
         """(k, full, last): the predicted chunked steps that prefill the prompts
-        trickling on ``inst`` and ``req``'s, the time of each full chunk and of
-        the last, which takes only what is left. Predicting the last at a full
+        trickling on ``inst`` and ``req``'s (less its ``cached`` tokens there),
+        the time of each full chunk and of the last, which takes only what is
+        left. Predicting the last at a full
         chunk made a busier instance look sooner whenever a prompt fits in one
         chunk (its decoders shrink the chunk, hence the predicted step), and
         trickling piled onto it: on the real ShareGPT-half run at 0.6 req/s one
         engine carried 73% of the decode work."""
         batch = inst.dec_n
         chunk = max(1, self.trickle_budget - batch)
-        kv = max(0, inst.kv_used - inst.trickle_tokens)  # the decoders' KV
-        tokens = inst.trickle_tokens + req.prompt_tokens
+        # the decoders' KV, and the cached prefixes of the prompts trickling, which their chunks attend to
+        kv = max(0, inst.kv_used - inst.trickle_tokens)
+        tokens = inst.trickle_tokens + req.prompt_tokens - cached
         k = math.ceil(tokens / chunk)
         full = self.steps.step_time(chunk, batch, kv) if k > 1 else 0.0
         return k, full, self.steps.step_time(tokens - (k - 1) * chunk, batch, kv)
 
-    def trickle_ttft(self, inst: InstanceState, req: RequestState) -> float:
+    def trickle_ttft(self, inst: InstanceState, req: RequestState, cached: int | None = None) -> float:
         """Predicted seconds to ``req``'s first token if chunked on ``inst`` now,
-        behind the prompts already trickling there (inf: ``inst`` is in a window)."""
+        behind the prompts already trickling there (inf: ``inst`` is in a window).
+        ``cached``: its prompt tokens ``inst`` holds, when the caller has them."""
         if inst.window_start is not None:
             return math.inf
-        k, full, last = self._trickle_steps(inst, req)
+        k, full, last = self._trickle_steps(inst, req, inst.cached_tokens(req) if cached is None else cached)
         return (k - 1) * full + last
 
-    def decoders_pay(self, inst: InstanceState, req: RequestState, now: float) -> bool:
+    def decoders_pay(self, inst: InstanceState, req: RequestState, now: float, cached: int | None = None) -> bool:
         """The guard: trickling ``req`` on ``inst`` leaves its least-slack decoder
         its next token in time (module docstring): the slack must cover the
         most the steps fall behind the TPOT at any point."""
         slack = inst.min_slack(now, self.checker.slo.tpot)
         if slack is None:
             return True  # nothing decodes: nobody's TPOT is at stake
-        k, full, last = self._trickle_steps(inst, req)
+        k, full, last = self._trickle_steps(inst, req, inst.cached_tokens(req) if cached is None else cached)
         tpot = self.checker.slo.tpot
         behind = (k - 1) * (full - tpot)
         need = max(0.0, behind, behind + last - tpot)  # steps shorter than the TPOT bank slack
         return need <= 0 or slack >= need + self.checker.decode_margin_s
 
     def _trickles(self, inst: InstanceState, req: RequestState, now: float) -> bool:
-        return (self._can_hold(inst, req) and self.trickle_ttft(inst, req) <= self.checker.slo.ttft
-                and self.decoders_pay(inst, req, now))  # fmt: skip
+        cached = inst.cached_tokens(req)
+        return (self._can_hold(inst, req) and self.trickle_ttft(inst, req, cached) <= self.checker.slo.ttft
+                and self.decoders_pay(inst, req, now, cached))  # fmt: skip
 
     def _can_hold(self, inst: InstanceState, req: RequestState) -> bool:
         return inst.accepting and inst.has_seat and self.checker.kv_need(req, inst) <= inst.kv_free
 
-    def _trickle_choice(self, req: RequestState, now: float) -> InstanceState | None:
+    def _trickle_choice(self, req: RequestState, now: float) -> tuple[InstanceState | None, str]:
+        """The instance to trickle ``req`` on, or None, and why: "prefix" where
+        its cached prefix decided, else "trickle"."""
+        held = self.cached_by_instance(req) if req.blocks else {}
+        return self._best_trickle(req, now, (self._instances[iid] for iid in self._order), held)
+
+    def detour(self, req: RequestState, now: float) -> InstanceState | None:
+        """A holder of ``req``'s prefix it may trickle on (never a window there:
+        trickling elsewhere comes first)."""
+        held = self.cached_by_instance(req) if req.blocks else {}
+        best, _ = self._best_trickle(req, now, self.warm_holders(req, held), held)
+        req.trickled = best is not None
+        return best
+
+    def choose_without_affinity(self, req: RequestState, now: float) -> tuple[InstanceState | None, Constraint | str]:
+        return self.choose(req, now)  # the trickle rule weighs every instance at once: nothing to leave out
+
+    def _best_trickle(self, req: RequestState, now: float, candidates, held: dict[str, int]) -> tuple[InstanceState | None, str]:
+        floor, ttft_slo = self.affinity_min_tokens, self.checker.slo.ttft
         best, best_key = None, None
-        for iid in self._order:
-            inst = self._instances[iid]
-            if not self._can_hold(inst, req) or not self.decoders_pay(inst, req, now):
+        for inst in candidates:
+            cached = held.get(inst.id, 0)
+            if not self._can_hold(inst, req) or not self.decoders_pay(inst, req, now, cached):
                 continue
-            key = (self.trickle_ttft(inst, req), len(inst.requests))
+            ttft = self.trickle_ttft(inst, req, cached)
+            if ttft > ttft_slo:
+                continue
+            key = (-cached if cached >= floor else 0, ttft, len(inst.requests))
             if best_key is None or key < best_key:
                 best, best_key = inst, key
-        if best is None or best_key[0] > self.checker.slo.ttft:
-            return None
-        return best
+        return best, ("prefix" if best_key is not None and best_key[0] else "trickle")
 
     # choose and admits decide trickle or window (``req.trickled``); the placement
     # that follows either (TrackingRouter.try_route) reads it in on_placing.
     def choose(self, req: RequestState, now: float) -> tuple[InstanceState | None, Constraint | str]:
-        inst = self._trickle_choice(req, now)
+        inst, reason = self._trickle_choice(req, now)
         req.trickled = inst is not None
         if inst is not None:
-            return inst, "trickle"
+            return inst, reason
         return super().choose(req, now)
 
     def admits(self, inst: InstanceState, req: RequestState, now: float) -> Constraint | None:
@@ -131,7 +160,10 @@ class TrickleMacroInstance(MacroInstance):
 
     def on_placing(self, inst: InstanceState, req: RequestState, now: float) -> tuple[list[Action], bool]:
         if req.trickled:
-            req.predicted_prefill = self.checker.predictor.predict(req.prompt_tokens)
+            req.cached_tokens = inst.cached_tokens(req)
+            req.predicted_prefill = self.checker.predicted_prefill(inst, req, req.cached_tokens)
+            if inst.prefix is not None and req.blocks:
+                inst.prefix.insert(req.blocks)  # the engine will hold them once it prefilled
             return [], False
         return super().on_placing(inst, req, now)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from ecoserve.policy import InstanceState, Routed
+from ecoserve.policy import SLO, InstanceState, Routed
 from ecoserve.policy.longest_prefix import LongestPrefixRouter
 from ecoserve.policy.prefix_index import PrefixIndex
 from tests.policy.helpers import linear_predictor, macro, overall, req
@@ -131,6 +131,65 @@ def test_the_overall_scheduler_tries_the_macro_instance_holding_the_prefix_first
     assert routed(s.submit(with_blocks("x", [5]), 0.0)) == [("x", "i0", "fits")]  # cyclic: i0 still fits
     s._cursor = 1  # noqa: SLF001  (the overall scheduler moved on to the second macro instance)
     assert routed(s.submit(with_blocks("b", [1, 2, 3]), 0.1)) == [("b", "i0", "prefix")]
+
+
+def test_a_holder_that_would_miss_leaves_the_request_to_rolling_activation():
+    """The holder (i0, first macro instance) cannot take "b" (its window would
+    pass the TTFT SLO): "b" is routed exactly as with nothing cached, by the
+    overall cursor (the second macro instance), not to the holder's neighbour;
+    and a detour that succeeds moves no cursor."""
+    s = indexed(overall((2, 2), ttft=1.2))
+    assert routed(s.submit(with_blocks("a", [1]), 0.0)) == [("a", "i0", "fits")]
+    s._cursor = 1  # noqa: SLF001  (rolling activation has moved on to the second macro instance)
+    assert routed(s.submit(with_blocks("p", [1, 2]), 0.0)) == [("p", "i0", "prefix")]  # a detour to the holder
+    assert s._cursor == 1 and s.macros[0]._cursor == 0  # noqa: SLF001
+    assert routed(s.submit(with_blocks("b", [1, 3]), 0.0)) == [("b", "i2", "fits")]  # i0 full: the cursor's pick
+
+
+@pytest.mark.parametrize("policy", ["ecoserve", "ecoserve-trickle"])
+def test_without_reuse_prefix_routing_decides_exactly_as_without_hashes(policy):
+    """Workloads that share no prefix (issue 15: no regression there): with
+    every prompt's blocks unique, every action, at every event, is the one the
+    same scheduler takes for prompts without hashes."""
+    import random
+
+    from ecoserve.policy.config import PolicyConfig
+    from ecoserve.policy.prefix_index import PrefixDirectory
+
+    def run(hashes: bool) -> list[str]:
+        rng = random.Random(3)
+        s = PolicyConfig(policy, slo=SLO(2.0, 0.1)).build_router(linear_predictor())
+        d = PrefixDirectory()
+        for k in range(6):
+            prefix = PrefixIndex(64, B, directory=d, owner=f"i{k}") if hashes else None
+            s.add_instance(InstanceState(f"i{k}", 40 * B, prefix=prefix), 0.0, macro=k // 3)
+        log: list[str] = []
+        live: list[str] = []  # routed, unfinished
+        now, fresh = 0.0, iter(range(1, 10**9))
+
+        def record(actions) -> None:
+            log.extend(repr(a) for a in actions)
+            live.extend(a.request_id for a in actions if isinstance(a, Routed))
+
+        for k in range(300):
+            now += rng.expovariate(8.0)
+            prompt = rng.randrange(100, 4 * B)
+            r = req(f"r{k}", prompt=prompt, at=now)
+            r.blocks = tuple(next(fresh) for _ in range(prompt // B)) if hashes else ()
+            record(s.submit(r, now))
+            for rid in rng.sample(live, min(3, len(live))):
+                if rng.random() < 0.2:
+                    live.remove(rid)
+                    record(s.on_finish(rid, now))
+                else:
+                    record(s.on_tokens(rid, rng.randrange(1, 20), now))
+            record(s.tick(now))
+        return log
+
+    with_hashes, without = run(True), run(False)
+    assert with_hashes == without
+    # a real comparison: most requests routed, some queued (the SLO checks bit)
+    assert sum(a.startswith("Routed") for a in without) > 150 and any(a.startswith("Queued") for a in without)
 
 
 # -- the oracle baseline -----------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ecoserve.policy import SLO, ConstraintChecker, InstanceState, OverallScheduler, Phase, Routed, SetPhase
+from ecoserve.policy.prefix_index import PrefixIndex
 from ecoserve.policy.step_time import DecodeStepModel, StepTimePredictor
 from ecoserve.policy.trickle import TrickleMacroInstance
 from tests.policy.helpers import linear_predictor, req
@@ -128,3 +129,58 @@ def test_steps_shorter_than_the_tpot_need_no_slack():
     # chunks of 49 beside d: 70 ms steps, within d's 100 ms TPOT, so each step banks slack
     (r,) = s.submit(req("a", prompt=2000), 0.0)
     assert r == Routed("a", "i0", "trickle")
+
+
+# -- prefixes ---------------------------------------------------------------------------
+
+B = 512  # tokens per prefix block
+
+
+def prefixed(s: OverallScheduler) -> OverallScheduler:
+    for inst in s.instances():
+        inst.prefix = PrefixIndex(100, B)
+    return s
+
+
+def test_a_cached_prefix_is_not_chunked_again_and_the_prompt_is_recorded():
+    s = prefixed(scheduler(n=2, ttft=5.0))
+    i0, i1 = s.instances()
+    i1.prefix.insert((1, 2, 3))
+    r = req("r", prompt=3 * B + 10)
+    r.blocks = (1, 2, 3)
+    m = s.macros[0]
+    assert m.trickle_ttft(i1, r) == pytest.approx(STEPS.step_time(10, 0, 0))  # one step of the 10 uncached
+    assert m.trickle_ttft(i0, r) > 10 * m.trickle_ttft(i1, r)
+    (a,) = s.submit(r, 0.0)
+    assert a == Routed("r", "i1", "prefix")
+    assert (r.cached_tokens, i1.trickle_tokens) == (3 * B, 10)  # only the 10 uncached tokens trickle
+    assert r.predicted_prefill == pytest.approx(STEPS.prefill.predict_uncached(3 * B + 10, 3 * B))
+    fresh = req("f", prompt=3 * B + 10)
+    fresh.blocks = (7, 8, 9)
+    s.submit(fresh, 0.0)
+    assert fresh.instance_id == "i0" and i0.prefix.matched_blocks((7, 8, 9)) == 3  # recorded where it went
+    s.on_progress([("r", 1)], 0.1)
+    assert i1.trickle_tokens == 0  # started: it leaves the trickle queue with what it added
+
+
+@pytest.mark.parametrize("ttft_slo, where, why", [(5.0, "i1", "prefix"), (2.8, "i0", "trickle")])
+def test_the_holder_is_preferred_while_its_ttft_holds_then_the_prompt_spills(ttft_slo, where, why):
+    """i1 holds r's prefix but has more tokens trickling ahead of it than i0, so
+    i0 would give r its first token sooner: the holder still takes r while its
+    predicted TTFT meets the SLO (affinity, explicitly traded against load), and
+    once it would not, r trickles on i0."""
+    s = prefixed(scheduler(n=2, ttft=5.0))
+    i0, i1 = s.instances()
+    s.submit(req("x", prompt=1000), 0.0)  # -> i0
+    s.submit(req("y", prompt=3000), 0.0)  # -> i1 (i0 has 1000 tokens ahead)
+    assert (i0.trickle_tokens, i1.trickle_tokens) == (1000, 3000)
+    s.use_checker(ConstraintChecker(SLO(ttft_slo, 0.1), STEPS.prefill, slack_mode="min"))
+    i1.prefix.insert((1, 2, 3))
+    r = req("r", prompt=3 * B + 10)
+    r.blocks = (1, 2, 3)
+    m = s.macros[0]
+    on_i0, on_i1 = m.trickle_ttft(i0, r), m.trickle_ttft(i1, r)
+    assert on_i0 < 2.8 < on_i1 < 5.0  # i0 sooner; only the lenient SLO admits the holder
+    (a,) = s.submit(r, 0.0)
+    assert (a.instance_id, a.reason) == (where, why)
+    assert r.cached_tokens == (3 * B if where == "i1" else 0)
