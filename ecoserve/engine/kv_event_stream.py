@@ -1,7 +1,8 @@
 """An engine's KV-cache events, received over ZeroMQ (SUB to vLLM's PUB).
 
 Rule: every message is decoded by ``kv_events.decode_message`` (msgpack into
-msgspec Structs, never unpickled); a malformed one is counted and skipped. The
+msgspec Structs, never unpickled); a malformed one is counted and skipped, and
+so is one the caller fails to apply (logged, and reported as a lost batch). The
 publisher numbers its batches: a jump in the sequence means batches were lost
 (PUB/SUB drops them for a slow subscriber, and any sent before we connected
 are never seen), which the caller hears as ``on_gap`` so it can stop trusting
@@ -32,6 +33,7 @@ class KVEventSubscriber:
         self._ctx = zmq.asyncio.Context.instance()
         self.received = 0
         self.malformed = 0
+        self.failed = 0  # batches received whose on_batch raised (counted as lost too)
         self.lost = 0
         self._last_seq: int | None = None
 
@@ -63,4 +65,11 @@ class KVEventSubscriber:
                 self._on_gap(seq - self._last_seq - 1)
         self._last_seq = seq if self._last_seq is None else max(seq, self._last_seq)
         self.received += 1
-        self._on_batch(batch)
+        try:
+            self._on_batch(batch)
+        except Exception:  # a batch we could not apply must not stop the ones after it
+            self.failed += 1
+            if self.failed <= 3:
+                log.exception("KV-event batch %d from %s could not be applied", seq, self.address)
+            if self._on_gap is not None:
+                self._on_gap(1)  # what was built from the events is an estimate from here on

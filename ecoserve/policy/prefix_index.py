@@ -104,6 +104,8 @@ class PrefixDirectory:
         return out
 
     def _matches(self, blocks: Sequence[int]) -> dict[str, int]:
+        if type(blocks) is not tuple:
+            blocks = tuple(blocks)  # runs are compared as tuples
         out: dict[str, int] = {}
         n, i, node, alive = len(blocks), 0, self._root, -1  # -1: every owner, before the first node
         while i < n:
@@ -223,6 +225,7 @@ class PrefixIndex:
         which no prompt reaches (vLLM stores a block only after its parent)."""
         if not blocks:
             return
+        blocks = tuple(blocks)  # runs are compared as tuples: a list never equals one (KV events send lists)
         tree, bit = self._tree, self._bit
         tree._version += 1
         node = tree._root

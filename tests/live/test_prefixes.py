@@ -108,6 +108,26 @@ def test_subscriber_counts_malformed_messages_and_lost_batches():
     sub.handle(msg(12))
     assert len(got) == 3 and sub.malformed == 2 and lost == [3] and sub.lost == 3
 
+    def broken(batch: KVEventBatch) -> None:
+        raise IndexError("a bug of ours")
+
+    sub = KVEventSubscriber("ipc:///nowhere", broken, on_gap=lost.append)
+    sub.handle(msg(1))
+    sub.handle(msg(2))  # the subscriber goes on: one batch that fails does not stop the rest
+    assert sub.received == 2 and sub.failed == 2 and lost[-2:] == [1, 1]
+
+
+def test_events_that_repeat_stored_runs_as_lists():
+    """KV events name blocks in lists; the tree's runs are tuples. A stored run
+    that repeats, extends or ends inside one already held is the same blocks
+    (a list once compared unequal to every run and split it at its end)."""
+    p = LivePrefixes()
+    idx = p.index_for("e0", "http://127.0.0.1:9", _status())
+    p.apply("e0", KVEventBatch(1.0, [_stored([1, 2, 3])]))
+    p.apply("e0", KVEventBatch(2.0, [_stored([1, 2, 3, 4]), _stored([1, 2])]))
+    p.apply("e0", KVEventBatch(3.0, [BlockStored([5], 4, [], 128), BlockStored([5], 4, [], 128)]))
+    assert len(idx) == 5 and idx.matched_blocks((1, 2, 3, 4, 5)) == 5 and idx.matched_blocks([1, 2, 9]) == 2
+
 
 def test_publishing_args_leave_the_users_own_settings():
     args = publishing_args([], "ipc:///tmp/e.sock")
