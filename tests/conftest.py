@@ -126,3 +126,15 @@ def start_engine(tmp_path_factory: pytest.TempPathFactory):
     yield start
     for engine in started:
         engine.stop()
+
+
+def kv_event_subscriber(endpoint: str):
+    """A ZeroMQ SUB socket connected to an engine's KV-event publisher at
+    ``endpoint`` (subscribed to everything, no linger): the caller closes it."""
+    import zmq
+
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.connect(endpoint)
+    return sub

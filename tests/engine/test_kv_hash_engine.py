@@ -5,17 +5,16 @@ we sent as token ids."""
 
 from __future__ import annotations
 
-import json
 import random
 import time
 
 import httpx
 import msgspec
 import pytest
-import zmq
 
-from ecoserve.engine.kv_events import BlockStored, decode_batch, decode_message
-from ecoserve.engine.kv_hash import HASH_ALGO, block_hashes, external, none_hash
+from ecoserve.engine.kv_events import BlockStored, decode_batch, decode_message, publishing_args
+from ecoserve.engine.kv_hash import block_hashes, external, none_hash
+from tests.conftest import kv_event_subscriber
 
 
 def test_the_hashes_are_vllms_own():
@@ -52,16 +51,11 @@ def test_a_real_engine_publishes_the_hashes_we_compute(tiny_model, start_engine,
     # and in 0.32 nothing published that way arrived: checked with its own
     # ZmqEventPublisher and a bound SUB.)
     endpoint = f"ipc://{tmp_path}/kv-events.sock"
-    events = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": endpoint}
     engine = start_engine(tiny_model, "--max-model-len", "512", "--enforce-eager", "--dtype", "bfloat16",
-                          "--prefix-caching-hash-algo", HASH_ALGO, "--kv-events-config", json.dumps(events),
-                          name="kv-events", env={"PYTHONHASHSEED": "1234"})  # fmt: skip
+                          *publishing_args([], endpoint), name="kv-events", env={"PYTHONHASHSEED": "1234"})  # fmt: skip
     with engine:
         engine.wait_ready(300)
-        sub = zmq.Context.instance().socket(zmq.SUB)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.connect(endpoint)
+        sub = kv_event_subscriber(endpoint)
         try:
             time.sleep(1.0)  # the engine's PUB has connected and the subscription reached it
             model = httpx.get(engine.url + "/v1/models").json()["data"][0]["id"]

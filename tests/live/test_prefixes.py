@@ -162,13 +162,12 @@ def test_the_index_follows_a_real_engines_evictions(tiny_model, start_engine, tm
     import time
 
     import httpx
-    import zmq
+
+    from tests.conftest import kv_event_subscriber
 
     endpoint = f"ipc://{tmp_path}/kv-events.sock"
-    events = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": endpoint}
     engine = start_engine(tiny_model, "--max-model-len", "512", "--enforce-eager", "--dtype", "bfloat16",
-                          "--num-gpu-blocks-override", "10", "--max-num-seqs", "2",
-                          "--prefix-caching-hash-algo", HASH_ALGO, "--kv-events-config", msgspec.json.encode(events).decode(),
+                          "--num-gpu-blocks-override", "10", "--max-num-seqs", "2", *publishing_args([], endpoint),
                           name="kv-evictions", env={"PYTHONHASHSEED": "4321"})  # fmt: skip
     p = LivePrefixes()
     idx = p.index_for("e", engine.url, _status(blocks=10, seed="4321", events=endpoint))
@@ -182,10 +181,7 @@ def test_the_index_follows_a_real_engines_evictions(tiny_model, start_engine, tm
     subscriber = KVEventSubscriber(endpoint, on_batch, on_gap=lambda n: p.lost("e", n))
     with engine:
         engine.wait_ready(300)
-        sub = zmq.Context.instance().socket(zmq.SUB)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.connect(endpoint)
+        sub = kv_event_subscriber(endpoint)
 
         def drain(quiet_s: float = 1.0) -> None:  # until the engine has published nothing for quiet_s
             while sub.poll(int(quiet_s * 1000)):
