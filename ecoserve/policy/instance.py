@@ -93,8 +93,8 @@ class InstanceState:
     def shared_blocks(self, req: RequestState) -> int:
         """How many of ``req``'s leading blocks it would share from the pool here
         (never the block holding its last token: that token is always computed)."""
-        pooled = self.pooled
-        if self.prefix is None or not req.blocks or not pooled:
+        pooled, blocks = self.pooled, req.blocks
+        if not blocks or blocks[0] not in pooled or self.prefix is None:  # most prompts share nothing: no slice
             return 0
         return leading_run(req.blocks[: (req.prompt_tokens - 1) // self.prefix.block_tokens], pooled)
 

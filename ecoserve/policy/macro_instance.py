@@ -59,7 +59,8 @@ class MacroInstance(TrackingRouter):
         self._cursor = self._order.index(inst.id)
 
     def choose(self, req: RequestState, now: float) -> tuple[InstanceState | None, Constraint | str]:
-        warm = self.warm_holders(req)
+        held = self.cached_by_instance(req) if req.blocks else {}
+        warm = self.warm_holders(req, held)
         first_failure: Constraint | None = None
         for inst in warm:
             failed = self._fits(inst, req, now)
@@ -89,14 +90,17 @@ class MacroInstance(TrackingRouter):
             first_failure = first_failure or failed
         return None, first_failure or Constraint.NO_INSTANCE
 
-    def detour(self, req: RequestState, now: float) -> InstanceState | None:
-        """The holder of ``req``'s prefix that takes it (``warm_holders`` order), or None."""
-        return next((inst for inst in self.warm_holders(req) if self._fits(inst, req, now) is None), None)
+    def detour(self, req: RequestState, now: float, held: dict[str, int] | None = None) -> InstanceState | None:
+        """The holder of ``req``'s prefix that takes it (``warm_holders`` order), or
+        None. ``held``: ``cached_by_instance(req)``, when the caller has it."""
+        if held is None:
+            held = self.cached_by_instance(req)
+        return next((i for i in self.warm_holders(req, held) if self._fits(i, req, now) is None), None)
 
-    def try_detour(self, req: RequestState, now: float) -> list[Action] | None:
+    def try_detour(self, req: RequestState, now: float, held: dict[str, int] | None = None) -> list[Action] | None:
         """Route ``req`` to a holder of its prefix if one takes it (``detour``), leaving
         the cursor where it is; None: none does."""
-        inst = self.detour(req, now)
+        inst = self.detour(req, now, held)
         return None if inst is None else self.place_on(inst, req, now, "prefix")
 
     def cached_by_instance(self, req: RequestState) -> dict[str, int]:
@@ -118,8 +122,8 @@ class MacroInstance(TrackingRouter):
     def prefix_directory(self) -> PrefixDirectory | None:
         """The ``PrefixDirectory`` its instances' prefix indexes share, if any."""
         for inst in self._instances.values():
-            if inst.prefix is not None:
-                return inst.prefix.directory
+            if (prefix := inst.prefix) is not None:
+                return prefix.directory
         return None
 
     def best_cached_tokens(self, req: RequestState) -> int:

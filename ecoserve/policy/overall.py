@@ -171,8 +171,8 @@ class OverallScheduler(Router):
         if not self.macros:
             self._new_macro()
         if req.blocks:
-            for m in self._holding_macros(req):
-                if not m.pending_len() and (got := m.try_detour(req, now)) is not None:
+            for m, held in self._holding_macros(req):
+                if not m.pending_len() and (got := m.try_detour(req, now, held)) is not None:
                     return got
         n = len(self.macros)
         first_failure: Constraint | None = None
@@ -191,25 +191,34 @@ class OverallScheduler(Router):
         target.enqueue(req)
         return [Queued(req.id, first_failure or Constraint.NO_INSTANCE)]
 
-    def _holding_macros(self, req: RequestState) -> list[MacroInstance]:
+    def _holding_macros(self, req: RequestState) -> list[tuple[MacroInstance, dict[str, int]]]:
         """The macro instances where an accepting instance holds at least their
         ``affinity_min_tokens`` of ``req``'s prompt, the longest prefix first
-        (ties: the cyclic order). Where the indexes share a directory, one walk
-        of the prompt names the holders (the walk is memoised for the rest of
-        the decision); otherwise each macro instance asks."""
-        directory = next((d for m in self.macros if (d := m.prefix_directory()) is not None), None)
-        holding = None  # without a shared directory: every macro instance asks its own indexes
-        if directory is not None:
-            owners = directory.matches(req.blocks)
-            if not owners:
-                return []
-            holding = {id(m) for o in owners if (m := self._where.get(o)) is not None}
+        (ties: the cyclic order), each with its ``cached_by_instance(req)``.
+        Where the indexes share a directory, one walk of the prompt names every
+        holder and how much it holds, and that one answer is what the detours'
+        checks use; otherwise each macro instance asks its own indexes."""
+        for m in self.macros:
+            if (directory := m.prefix_directory()) is not None:
+                break
+        if directory is None:
+            by_macro = {id(m): (m, m.cached_by_instance(req)) for m in self.macros}
+        else:
+            by_macro = {}
+            prompt, where = req.prompt_tokens, self._where
+            for owner, n in directory.matches(req.blocks).items():
+                m = where.get(owner)
+                inst = m.instance(owner) if m is not None else None
+                if inst is not None and inst.accepting and inst.prefix is not None:
+                    by_macro.setdefault(id(m), (m, {}))[1][owner] = inst.prefix.tokens_of(n, prompt)
+        if not by_macro:
+            return []
         n, cur = len(self.macros), self._cursor
-        ranked = [(-t, (k - cur) % n, m) for k, m in enumerate(self.macros)
-                  if (holding is None or id(m) in holding)
-                  and (t := m.best_cached_tokens(req)) >= m.affinity_min_tokens]  # fmt: skip
+        ranked = [(-t, (k - cur) % n, m, held) for k, m in enumerate(self.macros)
+                  if (entry := by_macro.get(id(m))) is not None and (held := entry[1])
+                  and (t := max(held.values())) >= m.affinity_min_tokens]  # fmt: skip
         ranked.sort(key=lambda x: x[:2])
-        return [m for *_, m in ranked]
+        return [(m, held) for _, _, m, held in ranked]
 
     def _macro_of_request(self, req: RequestState) -> MacroInstance | None:
         if req.instance_id is not None:

@@ -119,10 +119,11 @@ class TrickleMacroInstance(MacroInstance):
         held = self.cached_by_instance(req) if req.blocks else {}
         return self._best_trickle(req, now, (self._instances[iid] for iid in self._order), held)
 
-    def detour(self, req: RequestState, now: float) -> InstanceState | None:
+    def detour(self, req: RequestState, now: float, held: dict[str, int] | None = None) -> InstanceState | None:
         """A holder of ``req``'s prefix it may trickle on (never a window there:
         trickling elsewhere comes first)."""
-        held = self.cached_by_instance(req) if req.blocks else {}
+        if held is None:
+            held = self.cached_by_instance(req) if req.blocks else {}
         best, _ = self._best_trickle(req, now, self.warm_holders(req, held), held)
         req.trickled = best is not None
         return best
