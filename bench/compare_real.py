@@ -426,7 +426,16 @@ CROSS_IN, CROSS_OUT = 200, 110  # the issue's `vllm bench serve` setup: random 2
 
 def cross_check(rec: Recorder, label: str, url: str, slo: dict, rate: float, engines: list[str], n: int) -> dict:
     """One rate measured by vLLM's client (`vllm bench serve`, random prompts) and
-    by ours (`ecoserve bench run`, the same lengths), one after the other."""
+    by ours (`ecoserve bench run`, the same lengths), one after the other, on the
+    same arrivals: ours replays vLLM's send schedule (``send_times``), since two
+    Poisson samples of 60 requests differ in their bursts far more than two
+    clients differ in how they time a stream (measured: the 2026-12-01 run gave
+    ours its own seed-0 sample, whose in-flight p90 under a fixed 10.5 s service
+    is 18 requests against vLLM's 11). Each run also keeps the engines' own
+    account of its TPOT (vllm:request_time_per_output_token_seconds), a referee
+    neither client computes."""
+    from ecoserve.bench.vllm_bench import read_summary, send_times
+
     raw = rec.out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     name = f"{label}-vllm-bench-{rate:g}.json"
@@ -440,28 +449,70 @@ def cross_check(rec: Recorder, label: str, url: str, slo: dict, rate: float, eng
            "--disable-tqdm"]  # fmt: skip
     rec.log(cmd)
     t0 = time.time()
+    before = engine_tpot(engines)
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
     if r.returncode != 0:
         print(f"  {label}: vllm bench serve failed ({r.returncode}): {r.stderr[-1500:]}", file=sys.stderr, flush=True)
         return {}
     print(f"  [{time.time() - t0:.0f} s] {name}", flush=True)
-    from ecoserve.bench.vllm_bench import read_summary
-
-    theirs = read_summary(raw / name, n)
-    fixed = _write_jsonl(rec.out / "workloads" / "fixed-200-110.jsonl", [(i, CROSS_IN, CROSS_OUT) for i in range(n)])
+    theirs = {**read_summary(raw / name, n), "engine_tpot": engine_tpot_delta(before, engine_tpot(engines), slo)}
+    times = send_times(n, rate, seed=0)
+    fixed = _write_jsonl(rec.out / "workloads" / f"fixed-{CROSS_IN}-{CROSS_OUT}-vllm-arrivals-{rate:g}.jsonl",
+                         [(t, CROSS_IN, CROSS_OUT) for t in times])  # fmt: skip
     reset_prefix_cache(engines)
+    # --replay without --rate: the schedule as written (shifted to start at the first send)
     cmd = [PY, "-m", "ecoserve.cli", "bench", "run", "--base-url", url, "--model", str(MODEL), "--dataset", str(fixed),
-           "--no-replay", "--rate", f"{rate:g}", "--num-requests", str(n), "--slo-ttft", str(slo["slo_ttft"]),
+           "--replay", "--num-requests", str(n), "--slo-ttft", str(slo["slo_ttft"]),
            "--slo-tpot", str(slo["slo_tpot"]), "--label", label, "--timeout", "900", "--no-progress", "--json"]  # fmt: skip
+    before = engine_tpot(engines)
     try:
-        obj = rec.run_json(cmd, raw / f"{label}-ours-fixed-{rate:g}.json")
+        obj = rec.run_json(cmd, raw / f"{label}-ours-vllm-arrivals-{rate:g}.json")
     except RuntimeError as e:
         print(f"  {label}: ecoserve bench run failed: {str(e)[-400:]}", file=sys.stderr, flush=True)
         return {"vllm_bench": theirs}
     run = obj["results"][0]["runs"][0] if "results" in obj else obj
     ours = {"attainment": run["attainment"], "ttft": run["ttft"], "tpot": run["tpot"],
-            "failed": run.get("stats", {}).get("failed", 0)}  # fmt: skip
-    return {"rate": rate, "vllm_bench": theirs, "ecoserve_bench": ours}
+            "failed": run.get("stats", {}).get("failed", 0),
+            "engine_tpot": engine_tpot_delta(before, engine_tpot(engines), slo)}  # fmt: skip
+    return {"rate": rate, "arrivals": "vllm bench serve's (seed 0), both clients", "vllm_bench": theirs,
+            "ecoserve_bench": ours}
+
+
+TPOT_METRIC = "vllm:request_time_per_output_token_seconds"
+
+
+def engine_tpot(urls: list[str]) -> dict:
+    """The engines' per-request TPOT histogram so far, summed over engines:
+    {"sum": s, "count": n, "le": {bucket bound: requests at or under it}}."""
+    acc: dict = {"sum": 0.0, "count": 0.0, "le": {}}
+    for u in urls:
+        for line in httpx.get(u + "/metrics", timeout=30).text.splitlines():
+            if not line.startswith(TPOT_METRIC):
+                continue
+            key, value = line.rsplit(" ", 1)
+            if key.startswith(TPOT_METRIC + "_sum"):
+                acc["sum"] += float(value)
+            elif key.startswith(TPOT_METRIC + "_count"):
+                acc["count"] += float(value)
+            elif key.startswith(TPOT_METRIC + "_bucket") and 'le="' in key:
+                le = key.split('le="', 1)[1].split('"', 1)[0]
+                if le != "+Inf":
+                    acc["le"][float(le)] = acc["le"].get(float(le), 0.0) + float(value)
+    return acc
+
+
+def engine_tpot_delta(before: dict, after: dict, slo: dict) -> dict:
+    """One run's share of the engines' TPOT histogram: its mean, and the share of
+    its requests at or under the largest bucket bound within the TPOT SLO."""
+    n = after["count"] - before["count"]
+    if n <= 0:
+        return {}
+    bounds = [b for b in after["le"] if b <= slo["slo_tpot"]]
+    out = {"requests": int(n), "mean": round((after["sum"] - before["sum"]) / n, 5)}
+    if bounds:
+        b = max(bounds)
+        out[f"share_le_{b:g}"] = round((after["le"][b] - before["le"].get(b, 0.0)) / n, 4)
+    return out
 
 
 def earlier_runs(out: Path, workloads: dict, rates: dict) -> list[dict]:
@@ -506,6 +557,9 @@ def main() -> None:
                     help="rate of the vllm bench serve cross-check (0: none): random prompts of 200 tokens "
                          "and 110 output tokens, per system, measured by vLLM's client and then by ours")
     ap.add_argument("--cross-check-requests", type=int, default=100, help="requests of each cross-check run")
+    ap.add_argument("--cross-check-only", action="store_true",
+                    help="run only the systems' cross-checks, no sweeps (implies --keep-others: the sweeps "
+                         "stand as OUT/results.json and raw/ have them)")
     ap.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help=f"of {', '.join(SYSTEMS)}")
     ap.add_argument("--profile", type=Path, default=None, help="reuse this profile instead of measuring one")
     ap.add_argument("--quick", action="store_true", help="smoke run: 20 requests, 2 rates, quick profile")
@@ -522,6 +576,10 @@ def main() -> None:
         (a.out / "RESULTS-table.md").write_text(table(summary))
         plot(summary, a.out)
         return
+    if a.cross_check_only:
+        if a.cross_check_rate <= 0:
+            ap.error("--cross-check-only needs a --cross-check-rate above 0")
+        a.keep_others, a.workloads = True, CROSS_WORKLOAD
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGINT, _exit_on_signal)
     out: Path = a.out
@@ -586,8 +644,9 @@ def main() -> None:
                 serve = _spawn(cmd, log)
                 serve.wait_healthy(url, 120)
                 print(f"{system} / {wl} ...", flush=True)
-                results.append(sweep(rec, system, url, wl, path, rates[wl], slos[wl], e_urls, capture=True,
-                                     counts=counts[wl], resume=a.resume))
+                if not a.cross_check_only:
+                    results.append(sweep(rec, system, url, wl, path, rates[wl], slos[wl], e_urls, capture=True,
+                                         counts=counts[wl], resume=a.resume))
                 if wl == CROSS_WORKLOAD and a.cross_check_rate > 0:
                     cross[system] = cross_check(rec, system, url, slos[wl], a.cross_check_rate, e_urls,
                                                  a.cross_check_requests)
@@ -636,6 +695,8 @@ def main() -> None:
             router = VllmRouter(e_urls, policy=policy, log_path=logs / f"{system}.log", extra_args=extra).start()
             rec.log(router.process.cmd)
             for wl, path in workloads.items():
+                if a.cross_check_only:
+                    break
                 print(f"{system} / {wl} ...", flush=True)
                 results.append(sweep(rec, system, router.url, wl, path, rates[wl], slos[wl], e_urls,
                                      capture=False, counts=counts[wl], resume=a.resume))
@@ -723,7 +784,8 @@ def ratios(summary: dict) -> str:
 
 
 def cross_table(summary: dict) -> str:
-    rows = ["| system | rate | client | attainment | TTFT p50 / p90 (s) | TPOT p50 / p90 (ms) |", "|---|---|---|---|---|---|"]
+    rows = ["| system | rate | client | attainment | TTFT p50 / p90 (s) | TPOT p50 / p90 (ms) | engines' TPOT mean (ms) "
+            "| arrivals |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for system, c in summary.get("cross_check", {}).items():
         for client in ("vllm_bench", "ecoserve_bench"):
             if client not in c:
@@ -731,8 +793,13 @@ def cross_table(summary: dict) -> str:
             x = c[client]
             rows.append(f"| {system} | {c.get('rate', '')} | {client.replace('_', ' ')} | {x['attainment']:.2f} | "
                         f"{x['ttft']['p50']:.2f} / {x['ttft']['p90']:.2f} | "
-                        f"{x['tpot']['p50'] * 1e3:.0f} / {x['tpot']['p90'] * 1e3:.0f} |")  # fmt: skip
+                        f"{x['tpot']['p50'] * 1e3:.0f} / {x['tpot']['p90'] * 1e3:.0f} | "
+                        f"{_ms(x.get('engine_tpot', {}).get('mean'))} | {'shared' if c.get('arrivals') else 'own seed'} |")
     return "\n".join(rows) + "\n"
+
+
+def _ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1e3:.0f}"
 
 
 def table(summary: dict) -> str:

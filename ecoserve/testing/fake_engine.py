@@ -67,6 +67,7 @@ class FakeEngine:
         self.phase_log: list[str] = []  # every phase commanded, in order
         self.step_budgets: list[int | None] = []  # each command's step_budget, in the same order
         self.requests: list[dict[str, Any]] = []  # bodies received
+        self.arrivals: list[float] = []  # time.monotonic() at each body's receipt, in the same order
         self.aborted = 0  # streams whose client went away before the end
         self.finished = 0
         self.running = 0  # started, not finished
@@ -185,6 +186,7 @@ class FakeEngine:
         if not isinstance(body, dict):
             return _error(400, "body must be an object")
         self.requests.append(body)
+        self.arrivals.append(time.monotonic())
         if body.get("model") not in (None, self.model):
             return _error(404, f"The model `{body.get('model')}` does not exist.")
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 16

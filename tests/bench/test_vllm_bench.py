@@ -9,14 +9,15 @@ import sys
 
 import pytest
 
-from ecoserve.bench.vllm_bench import read_summary, summarize
+from ecoserve.bench.vllm_bench import read_summary, send_times, summarize
+from ecoserve.testing.fake_engine import FakeEngineThread
 
 
-def _bench(url: str, tokenizer, out_dir, name: str, slo_ttft_ms: float, n: int = 8) -> dict:
+def _bench(url: str, tokenizer, out_dir, name: str, slo_ttft_ms: float, n: int = 8, rate: float = 20) -> dict:
     cmd = [sys.executable, "-m", "ecoserve.bench.vllm_bench", "--backend", "openai", "--base-url", url,
            "--endpoint", "/v1/completions", "--model", "fake-model", "--tokenizer", str(tokenizer),
            "--dataset-name", "random", "--random-input-len", "16", "--random-output-len", "6",
-           "--random-range-ratio", "0", "--num-prompts", str(n), "--request-rate", "20", "--ignore-eos",
+           "--random-range-ratio", "0", "--num-prompts", str(n), "--request-rate", f"{rate:g}", "--ignore-eos",
            "--seed", "0", "--percentile-metrics", "ttft,tpot", "--metric-percentiles", "50,90,99",
            "--goodput", f"ttft:{slo_ttft_ms:g}", "tpot:10000", "--save-result", "--result-dir", str(out_dir),
            "--result-filename", name, "--disable-tqdm"]  # fmt: skip
@@ -43,3 +44,31 @@ def test_summarize_counts_good_requests_over_all_sent_and_needs_goodput():
     assert s["ttft"] == {"p50": 0.2, "p90": 0.9} and s["tpot"] == {"p50": 0.04, "p90": 0.08}
     with pytest.raises(ValueError, match="--goodput"):
         summarize({**result, "request_goodput": None}, 10)
+
+
+def test_send_times_are_vllm_bench_serves_own_schedule(tmp_path, tiny_model):
+    """The schedule our client replays for the cross-check is the one vLLM's client
+    really sends on: the gaps a stand-in engine sees match send_times' gaps."""
+    n, rate = 12, 8.0
+    fake = FakeEngineThread(honour_phases=False)
+    try:
+        _bench(fake.url, tiny_model, tmp_path, "sched.json", slo_ttft_ms=60_000, n=n, rate=rate)
+        seen = fake.engine.arrivals[-n:]  # after vLLM's one-prompt test run
+    finally:
+        fake.close()
+    want = send_times(n, rate, seed=0)
+    got_gaps = [b - a for a, b in zip(seen, seen[1:])]
+    want_gaps = [b - a for a, b in zip(want, want[1:])]
+    # sends are sleeps on one event loop: a few ms late at most on a quiet host; a
+    # different sample (another seed) is off by tens of ms in most gaps
+    assert max(abs(g - w) for g, w in zip(got_gaps, want_gaps)) < 0.03, (got_gaps, want_gaps)
+    other = send_times(n, rate, seed=1)
+    assert max(abs(a - b) for a, b in zip(want, other)) > 0.1
+    assert abs(want[-1] - n / rate) < 1e-9  # vLLM rescales the last send to n / rate
+
+
+def test_send_times_rejects_what_vllm_bench_would_not_run():
+    with pytest.raises(ValueError):
+        send_times(0, 1.0)
+    with pytest.raises(ValueError):
+        send_times(5, 0.0)
