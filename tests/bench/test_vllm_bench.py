@@ -49,7 +49,7 @@ def test_summarize_counts_good_requests_over_all_sent_and_needs_goodput():
 def test_send_times_are_vllm_bench_serves_own_schedule(tmp_path, tiny_model):
     """The schedule our client replays for the cross-check is the one vLLM's client
     really sends on: the gaps a stand-in engine sees match send_times' gaps."""
-    n, rate = 12, 8.0
+    n, rate = 12, 4.0
     fake = FakeEngineThread(honour_phases=False)
     try:
         _bench(fake.url, tiny_model, tmp_path, "sched.json", slo_ttft_ms=60_000, n=n, rate=rate)
@@ -59,11 +59,12 @@ def test_send_times_are_vllm_bench_serves_own_schedule(tmp_path, tiny_model):
     want = send_times(n, rate, seed=0)
     got_gaps = [b - a for a, b in zip(seen, seen[1:])]
     want_gaps = [b - a for a, b in zip(want, want[1:])]
-    # sends are sleeps on one event loop: a few ms late at most on a quiet host; a
-    # different sample (another seed) is off by tens of ms in most gaps
-    assert max(abs(g - w) for g, w in zip(got_gaps, want_gaps)) < 0.03, (got_gaps, want_gaps)
+    # sends are sleeps on one event loop, late by a few ms on a quiet host (more on a
+    # loaded CI box); another seed's sample is off by 0.45 s in its worst gap
+    assert max(abs(g - w) for g, w in zip(got_gaps, want_gaps)) < 0.08, (got_gaps, want_gaps)
     other = send_times(n, rate, seed=1)
-    assert max(abs(a - b) for a, b in zip(want, other)) > 0.1
+    other_gaps = [b - a for a, b in zip(other, other[1:])]
+    assert max(abs(g - w) for g, w in zip(other_gaps, want_gaps)) > 0.3
     assert abs(want[-1] - n / rate) < 1e-9  # vLLM rescales the last send to n / rate
 
 
