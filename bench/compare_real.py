@@ -150,13 +150,21 @@ def prefix_counters(urls: list[str]) -> tuple[float, float]:
     """Prompt tokens the engines found in their prefix caches, and looked up, so far
     (their vllm:prefix_cache_hits_total and _queries_total, summed)."""
     hits = queries = 0.0
+    for key, value in metric_samples(urls, "vllm:prefix_cache_"):
+        if key.startswith("vllm:prefix_cache_hits_total{"):
+            hits += value
+        elif key.startswith("vllm:prefix_cache_queries_total{"):
+            queries += value
+    return hits, queries
+
+
+def metric_samples(urls: list[str], prefix: str):
+    """(sample name with labels, value) of every engine's /metrics line starting with ``prefix``."""
     for u in urls:
         for line in httpx.get(u + "/metrics", timeout=30).text.splitlines():
-            if line.startswith("vllm:prefix_cache_hits_total{"):
-                hits += float(line.rsplit(" ", 1)[1])
-            elif line.startswith("vllm:prefix_cache_queries_total{"):
-                queries += float(line.rsplit(" ", 1)[1])
-    return hits, queries
+            if line.startswith(prefix):
+                key, value = line.rsplit(" ", 1)
+                yield key, float(value)
 
 
 def predicted_hits(url: str) -> int | None:
@@ -485,19 +493,15 @@ def engine_tpot(urls: list[str]) -> dict:
     """The engines' per-request TPOT histogram so far, summed over engines:
     {"sum": s, "count": n, "le": {bucket bound: requests at or under it}}."""
     acc: dict = {"sum": 0.0, "count": 0.0, "le": {}}
-    for u in urls:
-        for line in httpx.get(u + "/metrics", timeout=30).text.splitlines():
-            if not line.startswith(TPOT_METRIC):
-                continue
-            key, value = line.rsplit(" ", 1)
-            if key.startswith(TPOT_METRIC + "_sum"):
-                acc["sum"] += float(value)
-            elif key.startswith(TPOT_METRIC + "_count"):
-                acc["count"] += float(value)
-            elif key.startswith(TPOT_METRIC + "_bucket") and 'le="' in key:
-                le = key.split('le="', 1)[1].split('"', 1)[0]
-                if le != "+Inf":
-                    acc["le"][float(le)] = acc["le"].get(float(le), 0.0) + float(value)
+    for key, value in metric_samples(urls, TPOT_METRIC):
+        if key.startswith(TPOT_METRIC + "_sum"):
+            acc["sum"] += value
+        elif key.startswith(TPOT_METRIC + "_count"):
+            acc["count"] += value
+        elif key.startswith(TPOT_METRIC + "_bucket") and 'le="' in key:
+            le = key.split('le="', 1)[1].split('"', 1)[0]
+            if le != "+Inf":
+                acc["le"][float(le)] = acc["le"].get(float(le), 0.0) + value
     return acc
 
 
