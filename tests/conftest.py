@@ -25,6 +25,20 @@ import pytest
 from ecoserve.testing.ports import free_port
 
 VLLM_API_SERVER = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+RUNNING: list[VllmEngine] = []  # started and not yet stopped: their logs go with a failed test's report
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test that fails while engines run carries each engine's log tail, so an
+    engine-side crash (a 500 "EngineCore encountered an issue") shows its root
+    cause in CI's output, not only in a temporary directory that is gone."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        report.sections.append(("host at the failure", _host_facts()))
+        for engine in RUNNING:
+            report.sections.append((f"log of {engine.name} ({engine.log_path})", engine.log_tail(80)))
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +47,21 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ecoserve.models import make_model
 
     return Path(make_model(tmp_path_factory.mktemp("models") / "tiny", size="tiny", seed=0))
+
+
+def _host_facts() -> str:
+    """What can starve or kill an engine: load, free memory, shared memory and
+    disk (vLLM's engines talk through /dev/shm rings)."""
+    import shutil
+
+    lines = [f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}"]
+    with open("/proc/meminfo") as f:
+        lines += [line.strip() for line in f if line.split(":")[0] in ("MemTotal", "MemAvailable", "Shmem")]
+    for path in ("/dev/shm", "/tmp"):
+        if os.path.isdir(path):
+            du = shutil.disk_usage(path)
+            lines.append(f"{path}: {du.free / 2**30:.1f} GiB free of {du.total / 2**30:.1f}")
+    return "\n".join(lines)
 
 
 class VllmEngine:
@@ -61,6 +90,7 @@ class VllmEngine:
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, process_group=0)
         self._stopped = False
+        RUNNING.append(self)
 
     def wait_ready(self, timeout: float) -> VllmEngine:
         """Until ``/health`` answers 200; fails the test if the server exits or is not ready in time."""
@@ -85,6 +115,7 @@ class VllmEngine:
         if self._stopped:
             return
         self._stopped = True
+        RUNNING.remove(self)
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:

@@ -239,7 +239,7 @@ async def test_vllm_engines_on_ray_serve_directly_and_through_the_coordinator(ra
         async with httpx.AsyncClient(timeout=120) as http:
             r = await http.post(direct.url + "/v1/completions",
                                 json={"model": coord.served_model, "prompt": "Hello", "max_tokens": 5})  # fmt: skip
-        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5, (r.text, direct.log_tail(80))
         assert f"ecoserve on {node_ip}" in direct.log_tail(10_000)  # fetched through the actor
         # Stopped by the launcher: the process group is gone, the actor is dead.
         pid = direct.node_pid
