@@ -65,6 +65,9 @@ class PhaseCommand(msgspec.Struct, tag="set_phase", tag_field="type", forbid_unk
     prompt_budget: Annotated[int, msgspec.Meta(ge=1)] | None = None
     tpot_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] | None = None
     step_budget: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    # with the rule: the TTFT SLO its waiting prompts keep (the budget is at least
+    # the chunk with which each that still can meets it); kept like ``tpot_s``
+    ttft_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] | None = None
 
 
 class GetStatus(msgspec.Struct, tag="get_status", tag_field="type", forbid_unknown_fields=True):

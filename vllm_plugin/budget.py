@@ -15,6 +15,12 @@ plugin sizes its chunks to the SLO with no coordinator at all.
 Settings read once at start (environment, like ``ECOSERVE_PHASE``):
 - ``ECOSERVE_TPOT_SLO`` (seconds): the SLO the rule keeps; unset: no rule, and
   ``chunked`` without a commanded budget runs stock.
+- ``ECOSERVE_TTFT_SLO`` (seconds, optional, with the TPOT SLO): the rule's
+  budget is also at least the chunk with which every waiting prompt that can
+  still meet this TTFT does (``ttft_chunk``), from the requests' arrival times.
+- ``ECOSERVE_LOST_YIELD`` (``1``/``0``, default 0; with the TTFT SLO): a
+  prompt that would miss its TTFT even in one step of the engine's limit sits
+  out while a prompt that can still meet its own waits (``yielding``).
 - ``ECOSERVE_CHUNK_FLOOR`` (tokens, default 64): Sarathi's static budget under
   the rule; the floor at batch b is this less b.
 - ``ECOSERVE_PROFILE``: an ``ecoserve profile`` JSON to start the predictor
@@ -34,6 +40,13 @@ from ecoserve.policy.step_time import StepTimePredictor
 from ecoserve.workload.profile import EngineProfile
 
 DEFAULT_CHUNK_FLOOR = 64
+# Seconds of a TTFT spent outside the engine's steps (the API server's and the
+# stream's share): the 11-21 profile's measured ``overheads.ttft_s`` is 8.7 ms;
+# rounded up, since a first token a little early costs nothing.
+TTFT_MARGIN_S = 0.02
+# Waiting prompts the TTFT term looks at, in prefill order: past these, a
+# prompt's deadline is too far behind the queue to move this step's chunk.
+TTFT_LOOKAHEAD = 16
 
 
 def predictor_from(profile_path: str | None) -> StepTimePredictor:
@@ -53,9 +66,18 @@ class EngineBudget:
     the rule; ``prompt_budget`` is asked before every ``chunked`` step."""
 
     def __init__(self, max_budget: int, *, tpot_s: float | None = None, floor: int | None = None,
-                 profile_path: str | None = None) -> None:  # fmt: skip
-        env_tpot = os.environ.get("ECOSERVE_TPOT_SLO")
+                 profile_path: str | None = None, ttft_s: float | None = None) -> None:  # fmt: skip
+        env_tpot, env_ttft = os.environ.get("ECOSERVE_TPOT_SLO"), os.environ.get("ECOSERVE_TTFT_SLO")
         self.tpot_s = tpot_s if tpot_s is not None else (float(env_tpot) if env_tpot else None)
+        self.ttft_s = ttft_s if ttft_s is not None else (float(env_ttft) if env_ttft else None)
+        if self.ttft_s is not None and self.ttft_s <= 0:
+            raise ValueError(f"ECOSERVE_TTFT_SLO must be > 0 seconds, got {self.ttft_s}")
+        lost_yield = os.environ.get("ECOSERVE_LOST_YIELD", "0")
+        if lost_yield not in ("0", "1"):
+            raise ValueError(f"ECOSERVE_LOST_YIELD must be 0 or 1, got {lost_yield!r}")
+        self.lost_yield = lost_yield == "1"
+        # ids of the prompts that sit out this step: lost, while others can still be saved
+        self.yielding: frozenset[str] = frozenset()
         self.floor = floor if floor is not None else int(os.environ.get("ECOSERVE_CHUNK_FLOOR", DEFAULT_CHUNK_FLOOR))
         if self.tpot_s is not None and self.tpot_s <= 0:
             raise ValueError(f"ECOSERVE_TPOT_SLO must be > 0 seconds, got {self.tpot_s}")
@@ -68,21 +90,26 @@ class EngineBudget:
         self._first: dict[str, float] = {}  # request id -> first-token time (time.time())
         self.last: int | None = None  # the budget of the latest chunked step
 
-    def command(self, prompt_budget: int | None, tpot_s: float | None, step_budget: int | None = None) -> None:
+    def command(self, prompt_budget: int | None, tpot_s: float | None, step_budget: int | None = None,
+                ttft_s: float | None = None) -> None:  # fmt: skip
         """A phase command's budget settings: a fixed budget (of prompt tokens,
-        or of tokens with the decodes included), or a new SLO for the rule."""
+        or of tokens with the decodes included), or new SLOs for the rule."""
         self.commanded, self.commanded_step = prompt_budget, step_budget
         if tpot_s is not None:
             self.tpot_s = tpot_s
+        if ttft_s is not None:
+            self.ttft_s = ttft_s
 
     def rule(self) -> ChunkBudgetRule | None:
         if self.tpot_s is None:
             return None
         static = max(1, min(self.floor, self.max_budget))
-        return ChunkBudgetRule(self.tpot_s, static, self.max_budget)
+        return ChunkBudgetRule(self.tpot_s, static, self.max_budget, lost_yield=self.lost_yield)
 
-    def prompt_budget(self, running, now: float | None = None) -> int | None:
-        """Prompt tokens the next step may take (None: no budget, run stock)."""
+    def prompt_budget(self, running, now: float | None = None, waiting=()) -> int | None:
+        """Prompt tokens the next step may take (None: no budget, run stock).
+        ``waiting``: the requests not yet admitted, in admission order (their
+        TTFT counts with ``ttft_s``; partial prefills in ``running`` come first)."""
         if self.commanded is not None:
             self.last = self.commanded
             return self.commanded
@@ -97,8 +124,27 @@ class EngineBudget:
         context = sum(r.num_computed_tokens for r in decoders)
         slack = least_slack(((r.num_output_tokens, self._first[r.request_id]) for r in decoders
                              if r.request_id in self._first), now, rule.tpot)  # fmt: skip
-        self.last = rule.prompt_budget(slack, len(decoders), context, self.steps)
+        prompts = self._prompts(running, waiting)
+        due = (self.ttft_s or 0.0) - TTFT_MARGIN_S - now
+        self.last, lost = rule.plan(slack, len(decoders), context, self.steps,
+                                    [(r.num_prompt_tokens - r.num_computed_tokens, r.arrival_time + due) for r in prompts])  # fmt: skip
+        self.yielding = frozenset(prompts[k].request_id for k in lost) if len(lost) < len(prompts) else frozenset()
         return self.last
+
+    def _prompts(self, running, waiting) -> list:
+        """The requests not yet prefilled, in the order the engine prefills them,
+        at most ``TTFT_LOOKAHEAD`` (none without ``ttft_s``). A preempted request
+        recomputing its prompt has its first token already: not one of them."""
+        if self.ttft_s is None:
+            return []
+        out = []
+        for queue in (r for r in running if r.is_prefill_chunk), waiting:
+            for r in queue:
+                if len(out) >= TTFT_LOOKAHEAD:
+                    return out
+                if not r.num_output_tokens:
+                    out.append(r)
+        return out
 
     def note_outputs(self, requests: dict, scheduled_ids, now: float | None = None) -> None:
         """After a step: first-token times of the requests that just got one."""

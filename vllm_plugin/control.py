@@ -52,8 +52,9 @@ class Controller:
             return encode(ErrorReply(error=f"rejected command: {e}"))
         try:
             if isinstance(command, PhaseCommand):
-                if command.prompt_budget is not None or command.tpot_s is not None or command.step_budget is not None:
-                    self._scheduler.eco_budget.command(command.prompt_budget, command.tpot_s, command.step_budget)
+                if any(x is not None for x in (command.prompt_budget, command.tpot_s, command.step_budget, command.ttft_s)):
+                    self._scheduler.eco_budget.command(command.prompt_budget, command.tpot_s, command.step_budget,
+                                                       command.ttft_s)
                 self._scheduler.eco_set_phase(command.phase)
                 self.lease.grant(command.lease_s)
             return encode(self._scheduler.eco_status(recent=True))

@@ -20,11 +20,15 @@ bookkeeping (KV allocation, preemption, connectors, stats) stays stock:
   prefills included, so a partial prefill before the decodes could take the
   whole budget: every partial prefill but the first sits the step out, and
   ``long_prefill_token_threshold`` (also read per call) caps that one at B.
+  With ``ECOSERVE_LOST_YIELD=1`` a partial prefill that would miss its TTFT even
+  in one step of the engine's limit sits out too, while another prompt can
+  still meet its own (budget.py ``yielding``).
 Everything here runs on the EngineCore main thread.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import sys
@@ -116,8 +120,12 @@ class EcoServeSchedulerMixin:
             head.request_id if head is not None else None,
         )
 
+    def _eco_waiting_queues(self) -> tuple:
+        """vLLM's queues of requests not yet admitted, in the order it admits them."""
+        return self.kv_holding_waiting, self.waiting
+
     def _eco_waiting_head(self):
-        for queue in (self.kv_holding_waiting, self.waiting):
+        for queue in self._eco_waiting_queues():
             if queue:
                 return queue.peek_request()
         return None
@@ -208,15 +216,16 @@ class EcoServeSchedulerMixin:
             self._pause_state = saved
 
     def _eco_schedule_chunked(self, throttle_prefills: bool):
-        budget = self.eco_budget.prompt_budget(self.running)
+        budget = self.eco_budget.prompt_budget(self.running, waiting=itertools.chain(*self._eco_waiting_queues()))
         if budget is None:  # no commanded budget and no SLO: stock
             return super().schedule(throttle_prefills)
         hold_until = self.current_step + 2
         decodes, seen_partial = 0, budget == 0  # no prompt tokens: every partial prefill sits out
+        yielding = self.eco_budget.yielding  # lost prompts, while others can still meet their TTFT
         for req in self.running:
             if not req.is_prefill_chunk:
                 decodes += 1
-            elif seen_partial:
+            elif seen_partial or req.request_id in yielding:
                 req.next_decode_eligible_step = max(req.next_decode_eligible_step, hold_until)
             else:
                 seen_partial = True

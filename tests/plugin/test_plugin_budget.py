@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from ecoserve.protocol import PhaseCommand, StepRecord, decode_command, encode
+from ecoserve.policy.chunk_budget import prefill_seconds
 from vllm_plugin.budget import EngineBudget, predictor_from
 
 
@@ -17,11 +18,13 @@ class Req:  # the fields of vllm.v1.request.Request that the budget reads
     num_computed_tokens: int
     num_output_tokens: int
     is_prefill_chunk: bool = False
+    num_prompt_tokens: int = 0
+    arrival_time: float = 0.0
 
 
 @pytest.fixture(autouse=True)
 def no_env(monkeypatch):
-    for k in ("ECOSERVE_TPOT_SLO", "ECOSERVE_CHUNK_FLOOR", "ECOSERVE_PROFILE"):
+    for k in ("ECOSERVE_TPOT_SLO", "ECOSERVE_TTFT_SLO", "ECOSERVE_LOST_YIELD", "ECOSERVE_CHUNK_FLOOR", "ECOSERVE_PROFILE"):
         monkeypatch.delenv(k, raising=False)
 
 
@@ -49,13 +52,58 @@ def test_the_rule_reads_first_token_times_and_output_counts():
     assert budget > 63 and b.steps.step_time(budget, 1, 200) <= 1.0 + 10.0 - 10.2 - 0.1 + 1e-9
 
 
-def test_bad_settings_are_refused_at_start(monkeypatch):
-    monkeypatch.setenv("ECOSERVE_TPOT_SLO", "0")
-    with pytest.raises(ValueError, match="ECOSERVE_TPOT_SLO"):
-        EngineBudget(2048)
-    monkeypatch.setenv("ECOSERVE_TPOT_SLO", "0.1")
-    monkeypatch.setenv("ECOSERVE_CHUNK_FLOOR", "0")
-    with pytest.raises(ValueError, match="ECOSERVE_CHUNK_FLOOR"):
+def _decoder_and_prompts(b: EngineBudget, now: float):
+    """A decoder that just got its first token (one TPOT of slack: the floor) and
+    a 2,000-token prompt half prefilled, arrived 1 s ago; a 200-token one waits."""
+    reqs = {"a": Req("a", 200, 1),
+            "p": Req("p", 1000, 0, is_prefill_chunk=True, num_prompt_tokens=2000, arrival_time=now - 1.0)}  # fmt: skip
+    b.note_outputs(reqs, ["a"], now=now)
+    return list(reqs.values()), [Req("w", 0, 0, num_prompt_tokens=200, arrival_time=now - 0.5)]
+
+
+def test_the_waiting_prompts_ttft_raises_the_budget_above_the_floor():
+    slack_only = EngineBudget(2048, tpot_s=0.1, floor=64)
+    running, waiting = _decoder_and_prompts(slack_only, 10.0)
+    assert slack_only.prompt_budget(running, now=10.0, waiting=waiting) == 63  # no TTFT SLO: the floor
+    # TTFT 2.1 s: the 1,000 tokens left of p are due in 1.1 s, and w's 200 behind them in 1.6 s; the
+    # defaults' predictor says 1.18 s for p at the floor (16 steps of 63), 1.01 s in one step of the limit
+    b = EngineBudget(2048, tpot_s=0.1, ttft_s=2.1, floor=64)
+    running, waiting = _decoder_and_prompts(b, 10.0)
+    budget = b.prompt_budget(running, now=10.0, waiting=waiting)
+    assert budget > 63 and b.yielding == frozenset()
+    assert prefill_seconds(1000, budget, 1, 200, b.steps) <= 1.1 - 0.02 < prefill_seconds(1000, 63, 1, 200, b.steps)
+    # far from due (a 100 s TTFT): the floor again
+    b.ttft_s = 100.0
+    assert b.prompt_budget(running, now=10.0, waiting=waiting) == 63
+
+
+@pytest.mark.parametrize("flag, yielding", [("1", {"p"}), ("0", set())])  # 0, the default: p keeps its place
+def test_a_lost_prompt_yields_to_one_that_can_still_meet_its_ttft(monkeypatch, flag, yielding):
+    monkeypatch.setenv("ECOSERVE_LOST_YIELD", flag)
+    # TTFT 1.2 s: p is due in 0.2 s with 1,000 tokens left (lost), w in 0.7 s with 200 (saved if it goes first)
+    b = EngineBudget(2048, tpot_s=0.1, ttft_s=1.2, floor=64)
+    running, waiting = _decoder_and_prompts(b, 10.0)
+    b.prompt_budget(running, now=10.0, waiting=waiting)
+    assert b.yielding == yielding
+
+
+def test_when_every_prompt_is_lost_none_yields(monkeypatch):
+    monkeypatch.setenv("ECOSERVE_LOST_YIELD", "1")
+    b = EngineBudget(2048, tpot_s=0.1, ttft_s=0.1, floor=64)  # all past due
+    running, waiting = _decoder_and_prompts(b, 10.0)
+    assert b.prompt_budget(running, now=10.0, waiting=waiting) == 63 and b.yielding == frozenset()
+
+
+@pytest.mark.parametrize("settings, named", [
+    ({"ECOSERVE_TPOT_SLO": "0"}, "ECOSERVE_TPOT_SLO"),
+    ({"ECOSERVE_TPOT_SLO": "0.1", "ECOSERVE_CHUNK_FLOOR": "0"}, "ECOSERVE_CHUNK_FLOOR"),
+    ({"ECOSERVE_TPOT_SLO": "0.1", "ECOSERVE_TTFT_SLO": "-1"}, "ECOSERVE_TTFT_SLO"),
+    ({"ECOSERVE_TPOT_SLO": "0.1", "ECOSERVE_TTFT_SLO": "2", "ECOSERVE_LOST_YIELD": "yes"}, "ECOSERVE_LOST_YIELD"),
+])  # fmt: skip
+def test_bad_settings_are_refused_at_start(monkeypatch, settings, named):
+    for k, v in settings.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ValueError, match=named):
         EngineBudget(2048)
 
 
@@ -104,10 +152,13 @@ def test_a_step_budget_counts_the_decodes_as_sarathi_does():
 def test_the_chunked_phase_command_round_trips_and_is_checked():
     cmd = PhaseCommand(phase="chunked", prompt_budget=128, tpot_s=0.1)
     assert decode_command(encode(cmd)) == cmd
+    cmd = PhaseCommand(phase="chunked", tpot_s=0.1, ttft_s=2.0)
+    assert decode_command(encode(cmd)) == cmd
     cmd = PhaseCommand(phase="chunked", step_budget=128)
     assert decode_command(encode(cmd)) == cmd and b"prompt_budget" not in encode(cmd)
     for bad in (b'{"type":"set_phase","phase":"chunked","prompt_budget":0}',
                 b'{"type":"set_phase","phase":"chunked","step_budget":0}',
-                b'{"type":"set_phase","phase":"chunked","tpot_s":0}'):  # fmt: skip
+                b'{"type":"set_phase","phase":"chunked","tpot_s":0}',
+                b'{"type":"set_phase","phase":"chunked","ttft_s":0}'):  # fmt: skip
         with pytest.raises(Exception, match="Expected"):
             decode_command(bad)

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ecoserve.policy import PrefillTimePredictor
-from ecoserve.policy.chunk_budget import ChunkBudgetRule, least_slack
+from ecoserve.policy.chunk_budget import ChunkBudgetRule, least_slack, prefill_seconds, ttft_chunk, ttft_plan
 from ecoserve.policy.step_time import DecodeStepModel, StepTimePredictor
 
 
@@ -83,6 +83,68 @@ def test_the_budget_stays_within_its_bounds_and_the_slack(slack, batch, context)
     assert b <= max(0, RULE.max_budget - batch)
     if batch and b > RULE.floor(batch):  # above Sarathi's budget only on slack that pays for it
         assert s.step_time(b, batch, context) <= slack - RULE.tpot + 1e-12
+
+
+def test_prefill_seconds_counts_full_chunks_and_the_rest():
+    # 1000 tokens in chunks of 300 beside 10 decodes: 3 steps of 0.06 s and one of 0.04 s
+    assert prefill_seconds(1000, 300, 10, 0, steps()) == pytest.approx(3 * 0.06 + 0.04)
+    assert prefill_seconds(100, 300, 10, 0, steps()) == pytest.approx(0.04)  # one step, the prompt alone
+
+
+def test_ttft_chunk_is_the_smallest_chunk_that_meets_the_deadline():
+    s = steps()
+    # 1000 tokens due in 0.5 s: k steps of 0.03 s + 0.1 s of prompt in all -> k <= 13 -> chunk 77 (13 steps)
+    c = ttft_chunk([(1000, 0.5)], 10, 0, s, 2038)
+    assert prefill_seconds(1000, c, 10, 0, s) <= 0.5 < prefill_seconds(1000, c - 1, 10, 0, s)
+    assert c == 77
+
+
+def test_a_prompt_behind_another_needs_the_tokens_ahead_of_it():
+    s = steps()
+    alone = ttft_chunk([(200, 0.5)], 10, 0, s, 2038)
+    behind = ttft_chunk([(800, 30.0), (200, 0.5)], 10, 0, s, 2038)  # the first has time; the second waits for it
+    assert behind == ttft_chunk([(1000, 0.5)], 10, 0, s, 2038) > alone
+
+
+def test_a_lost_prompt_asks_for_nothing_but_still_comes_first():
+    s = steps()
+    # 5000 tokens due in 0.1 s: lost even at the cap; the one behind it is lost too (its 5000 tokens come first)
+    assert ttft_chunk([(5000, 0.1)], 10, 0, s, 2038) == 0
+    assert ttft_chunk([(5000, 0.1), (10, 0.5)], 10, 0, s, 2038) == 0
+    assert ttft_chunk([(100, -1.0), (100, 0.5)], 10, 0, s, 2038) == ttft_chunk([(200, 0.5)], 10, 0, s, 2038)
+
+
+def test_with_lost_yield_a_lost_prompt_stops_holding_the_others_back():
+    s = steps()
+    waiting = [(5000, 0.1), (1000, 0.2)]  # the first is lost at any chunk
+    assert ttft_plan(waiting, 10, 0, s, 2038) == (0, [0, 1])  # in order: the second waits for its 5000 tokens
+    assert ttft_plan(waiting, 10, 0, s, 2038, lost_yield=True) == (334, [0])  # it goes first: chunks of 334
+    rule = ChunkBudgetRule(tpot=0.1, static_budget=128, max_budget=2048, lost_yield=True)
+    assert rule.plan(0.1, 10, 0, s, waiting) == (334, [0])
+    assert rule.plan(None, 0, 0, s, waiting) == (2048, [0])  # nothing decodes: the ceiling, and still who is lost
+
+
+def test_the_waiting_prompts_raise_the_budget_over_a_decoder_without_slack():
+    s = steps()
+    # a decoder that just started (one TPOT of slack) gives the floor, 118; a prompt due soon needs more
+    assert RULE.prompt_budget(0.1, 10, 0, s, [(1000, 100.0)]) == 118  # far from due: no more than the floor
+    # due in 0.2 s: 0.1 s of prompt leaves 0.1 s for 3 steps' decodes -> chunks of 334
+    need = ttft_chunk([(1000, 0.2)], 10, 0, s, 2038)
+    assert need == 334 and RULE.prompt_budget(0.1, 10, 0, s, [(1000, 0.2)]) == 334
+    assert RULE.prompt_budget(2.0, 10, 0, s, [(1000, 0.2)]) == 2038  # slack that pays for more: the slack's  # slack that pays for more: the slack's
+
+
+@given(waiting=st.lists(st.tuples(st.integers(0, 3000), st.floats(-1, 10)), max_size=8),
+       batch=st.integers(1, 64), cap=st.integers(1, 2048))
+def test_ttft_chunk_meets_every_deadline_that_the_cap_meets(waiting, batch, cap):
+    s = steps()
+    c = ttft_chunk(waiting, batch, 0, s, cap)
+    assert 0 <= c <= cap
+    ahead = 0
+    for left, due in waiting:
+        ahead += left
+        if due > 0 and prefill_seconds(ahead, cap, batch, 0, s) <= due:  # reachable at all: reached at c
+            assert c > 0 and prefill_seconds(ahead, c, batch, 0, s) <= due
 
 
 def test_the_decode_model_fits_a_grid_and_learns_from_decode_steps():
