@@ -43,6 +43,8 @@ CONFIGS = {
     "stock": {},
     "eco-mixed": {"scheduler_cls": SCHEDULER_CLS, "phase": "mixed"},
     "eco-temporal": {"scheduler_cls": SCHEDULER_CLS, "phase": "temporal"},
+    # the slack rule's budget before every step (issue 14's plugin-only phase), with the TTFT term
+    "eco-chunked": {"scheduler_cls": SCHEDULER_CLS, "phase": "chunked", "tpot_s": 0.106, "ttft_s": 3.47},
 }
 ENGINE_KW = dict(max_model_len=512, enforce_eager=True, dtype="bfloat16", seed=0)
 
@@ -110,7 +112,9 @@ def run_engine(model: str, num_requests: int, reps: int) -> dict:
             current = config
             core.scheduler = stock if config == "stock" else eco
             if config != "stock":
-                eco.eco_set_phase(CONFIGS[config]["phase"])
+                spec = CONFIGS[config]
+                eco.eco_budget.tpot_s, eco.eco_budget.ttft_s = spec.get("tpot_s"), spec.get("ttft_s")
+                eco.eco_set_phase(spec["phase"])
             first = len(steps[config])
             llm.generate(prompts, params, use_tqdm=False)
             if rep == 0:
@@ -150,7 +154,10 @@ def scheduler_only(model: str, rounds: int = 12, running: int = 64, steps: int =
         attn = FullAttentionSpec(block_size=16, num_kv_heads=2, head_size=64, dtype=torch.bfloat16)
         kv = KVCacheConfig(num_blocks=blocks, kv_cache_tensors=[], kv_cache_groups=[KVCacheGroupSpec(["l0"], attn)])
         cls = EcoServeScheduler if "scheduler_cls" in spec else Scheduler
-        return cls(vllm_config=cfg, kv_cache_config=kv, structured_output_manager=StructuredOutputManager(cfg), block_size=16)
+        sched = cls(vllm_config=cfg, kv_cache_config=kv, structured_output_manager=StructuredOutputManager(cfg), block_size=16)
+        if "tpot_s" in spec:
+            sched.eco_budget.tpot_s, sched.eco_budget.ttft_s = spec["tpot_s"], spec.get("ttft_s")
+        return sched
 
     params = SamplingParams(max_tokens=10_000, ignore_eos=True)
     times: dict[str, list[float]] = {c: [] for c in CONFIGS}
