@@ -41,6 +41,9 @@ SYSTEMS = {
     # ... and lost prompts (past their TTFT even in one step of the limit) let the others go first
     "plugin-chunked-yield": (True, None, {"ECOSERVE_PHASE": "chunked", "ECOSERVE_TTFT_SLO": "",
                                           "ECOSERVE_LOST_YIELD": "1"}),
+    # ... and the floor cut to a chunk whose step lasts at most one TPOT
+    "plugin-chunked-yield-tpotfloor": (True, None, {"ECOSERVE_PHASE": "chunked", "ECOSERVE_TTFT_SLO": "",
+                                                    "ECOSERVE_LOST_YIELD": "1", "ECOSERVE_FLOOR_WITHIN_TPOT": "1"}),
     # stock vLLM's own scheduling with the plugin loaded: the default budget's step records, for diagnosis
     "plugin-mixed": (True, None, {"ECOSERVE_PHASE": "mixed"}),
 }
@@ -87,6 +90,9 @@ def main() -> None:
     ap.add_argument("--num-requests", type=int, default=40, help="requests per rate")
     ap.add_argument("--workload", default="sharegpt-half", help="a workload of bench/results/real/workloads")
     ap.add_argument("--port", type=int, default=8301)
+    ap.add_argument("--poisson-seed", type=int, default=None,
+                    help="Poisson arrivals with this seed, the workload's lengths drawn at random (`--no-replay`), "
+                         "so --num-requests may exceed the workload's 60; default: replay its timestamps")
     ap.add_argument("--profile", type=Path, default=ROOT / "bench/results/real/profile-small-1core.json",
                     help="the plugin's starting step-time predictor (ECOSERVE_PROFILE), an `ecoserve profile` JSON")
     args = ap.parse_args()
@@ -123,6 +129,8 @@ def main() -> None:
                          "--slo-ttft", str(slo["slo_ttft"]), "--slo-tpot", str(slo["slo_tpot"]), "--label", system,
                          "--records", str(args.out / "raw" / f"{tag}.csv"), "--timeout", "900", "--no-progress",
                          "--json"]  # fmt: skip
+                if args.poisson_seed is not None:
+                    bench += ["--no-replay", "--seed", str(args.poisson_seed)]
                 with open(args.out / "commands.txt", "a") as f:
                     f.write(f"{' '.join(f'{k}={v}' for k, v in env.items())} {' '.join(map(str, cmd))}\n")
                     f.write(" ".join(map(str, bench)) + "\n")

@@ -21,6 +21,8 @@ Settings read once at start (environment, like ``ECOSERVE_PHASE``):
 - ``ECOSERVE_LOST_YIELD`` (``1``/``0``, default 0; with the TTFT SLO): a
   prompt that would miss its TTFT even in one step of the engine's limit sits
   out while a prompt that can still meet its own waits (``yielding``).
+- ``ECOSERVE_FLOOR_WITHIN_TPOT`` (``1``/``0``, default 0): the floor is cut to
+  the largest chunk whose predicted step lasts at most one TPOT.
 - ``ECOSERVE_CHUNK_FLOOR`` (tokens, default 64): Sarathi's static budget under
   the rule; the floor at batch b is this less b.
 - ``ECOSERVE_PROFILE``: an ``ecoserve profile`` JSON to start the predictor
@@ -76,6 +78,10 @@ class EngineBudget:
         if lost_yield not in ("0", "1"):
             raise ValueError(f"ECOSERVE_LOST_YIELD must be 0 or 1, got {lost_yield!r}")
         self.lost_yield = lost_yield == "1"
+        floor_within = os.environ.get("ECOSERVE_FLOOR_WITHIN_TPOT", "0")
+        if floor_within not in ("0", "1"):
+            raise ValueError(f"ECOSERVE_FLOOR_WITHIN_TPOT must be 0 or 1, got {floor_within!r}")
+        self.floor_within_tpot = floor_within == "1"
         # ids of the prompts that sit out this step: lost, while others can still be saved
         self.yielding: frozenset[str] = frozenset()
         self.floor = floor if floor is not None else int(os.environ.get("ECOSERVE_CHUNK_FLOOR", DEFAULT_CHUNK_FLOOR))
@@ -104,7 +110,8 @@ class EngineBudget:
         if self.tpot_s is None:
             return None
         static = max(1, min(self.floor, self.max_budget))
-        return ChunkBudgetRule(self.tpot_s, static, self.max_budget, lost_yield=self.lost_yield)
+        return ChunkBudgetRule(self.tpot_s, static, self.max_budget, lost_yield=self.lost_yield,
+                               floor_within_tpot=self.floor_within_tpot)  # fmt: skip
 
     def prompt_budget(self, running, now: float | None = None, waiting=()) -> int | None:
         """Prompt tokens the next step may take (None: no budget, run stock).

@@ -58,6 +58,16 @@ def test_the_floor_can_be_sarathis_rule_at_the_actual_batch():
     assert rule.prompt_budget(0.1, 10, 0, steps()) == 700
 
 
+def test_the_floor_can_be_cut_to_a_step_within_one_tpot():
+    # a 35 ms TPOT: the static floor's 118 tokens would make a 41.8 ms step; 0.03 + 1e-4 c <= 0.035 -> 50
+    rule = ChunkBudgetRule(tpot=0.035, static_budget=128, max_budget=2048, floor_within_tpot=True)
+    assert rule.prompt_budget(0.035, 10, 0, steps()) == 50
+    assert ChunkBudgetRule(tpot=0.035, static_budget=128, max_budget=2048).prompt_budget(0.035, 10, 0, steps()) == 118
+    # a 50 ms TPOT: the static floor's step (41.8 ms) fits: it stands
+    assert ChunkBudgetRule(tpot=0.05, static_budget=128, max_budget=2048, floor_within_tpot=True).prompt_budget(
+        0.05, 10, 0, steps()) == 118
+
+
 def test_with_nothing_decoding_the_engines_limit():
     assert RULE.prompt_budget(None, 0, 0, steps()) == 2048
 
