@@ -37,11 +37,12 @@ SYSTEMS = {
     "stock-512": (False, 512, {}),
     "plugin-chunked": (True, None, {"ECOSERVE_PHASE": "chunked"}),  # ECOSERVE_TPOT_SLO added from the SLOs
     # the same, with the waiting prompts' TTFT in the rule (ECOSERVE_TTFT_SLO, from the SLOs)
-    "plugin-chunked-ttft": (True, None, {"ECOSERVE_PHASE": "chunked", "ECOSERVE_TTFT_SLO": ""}),
+    "plugin-chunked-ttft": (True, None, {"ECOSERVE_PHASE": "chunked", "ECOSERVE_TTFT_SLO": "",
+                                         "ECOSERVE_LOST_YIELD": "0", "ECOSERVE_FLOOR_WITHIN_TPOT": "0"}),
     # ... and lost prompts (past their TTFT even in one step of the limit) let the others go first
     "plugin-chunked-yield": (True, None, {"ECOSERVE_PHASE": "chunked", "ECOSERVE_TTFT_SLO": "",
-                                          "ECOSERVE_LOST_YIELD": "1"}),
-    # ... and the floor cut to a chunk whose step lasts at most one TPOT
+                                          "ECOSERVE_LOST_YIELD": "1", "ECOSERVE_FLOOR_WITHIN_TPOT": "0"}),
+    # ... and the floor cut to a chunk whose step lasts at most one TPOT (both: the defaults with a TTFT SLO)
     "plugin-chunked-yield-tpotfloor": (True, None, {"ECOSERVE_PHASE": "chunked", "ECOSERVE_TTFT_SLO": "",
                                                     "ECOSERVE_LOST_YIELD": "1", "ECOSERVE_FLOOR_WITHIN_TPOT": "1"}),
     # stock vLLM's own scheduling with the plugin loaded: the default budget's step records, for diagnosis

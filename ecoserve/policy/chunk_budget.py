@@ -59,7 +59,8 @@ class ChunkBudgetRule:
     # prompts that would miss their TTFT even at the ceiling let the others go first (``ttft_plan``)
     lost_yield: bool = False
     # the floor never makes a step outlast the TPOT SLO: where even the static budget's
-    # chunk would (a slow prefill), the floor is the largest chunk whose step does not
+    # chunk would (a slow prefill), the floor is the largest chunk whose step does not;
+    # where the decodes alone outlast it, no chunk size helps them and the floor stands
     floor_within_tpot: bool = False
 
     def __post_init__(self) -> None:
@@ -91,8 +92,8 @@ class ChunkBudgetRule:
         if min_slack is None or batch <= 0:
             return ceiling, lost
         floor = self.floor(batch)
-        if self.floor_within_tpot:
-            floor = min(floor, steps.largest_chunk(batch, context, self.tpot, ceiling))
+        if self.floor_within_tpot and (within := steps.largest_chunk(batch, context, self.tpot, ceiling)):
+            floor = min(floor, within)  # not where the decodes alone outlast the TPOT: no cut protects them
         if self.floor_tpot_share is not None:
             floor = max(floor, steps.largest_chunk(batch, context, self.floor_tpot_share * self.tpot, ceiling))
         fits = steps.largest_chunk(batch, context, min_slack - self.keep_tpots * self.tpot - self.margin_s, ceiling)

@@ -24,7 +24,8 @@ class Req:  # the fields of vllm.v1.request.Request that the budget reads
 
 @pytest.fixture(autouse=True)
 def no_env(monkeypatch):
-    for k in ("ECOSERVE_TPOT_SLO", "ECOSERVE_TTFT_SLO", "ECOSERVE_LOST_YIELD", "ECOSERVE_CHUNK_FLOOR", "ECOSERVE_PROFILE"):
+    for k in ("ECOSERVE_TPOT_SLO", "ECOSERVE_TTFT_SLO", "ECOSERVE_LOST_YIELD", "ECOSERVE_FLOOR_WITHIN_TPOT",
+              "ECOSERVE_CHUNK_FLOOR", "ECOSERVE_PROFILE"):
         monkeypatch.delenv(k, raising=False)
 
 
@@ -87,6 +88,18 @@ def test_a_lost_prompt_yields_to_one_that_can_still_meet_its_ttft(monkeypatch, f
     assert b.yielding == yielding
 
 
+def test_with_a_ttft_slo_both_protections_are_on_by_default(monkeypatch):
+    assert not EngineBudget(2048, tpot_s=0.1).lost_yield and not EngineBudget(2048, tpot_s=0.1).floor_within_tpot
+    b = EngineBudget(2048, tpot_s=0.1, ttft_s=2.0)
+    assert b.lost_yield and b.floor_within_tpot
+    assert b.rule().lost_yield and b.rule().floor_within_tpot
+    monkeypatch.setenv("ECOSERVE_FLOOR_WITHIN_TPOT", "0")
+    assert not EngineBudget(2048, tpot_s=0.1, ttft_s=2.0).floor_within_tpot
+    b = EngineBudget(2048, tpot_s=0.1)
+    b.command(None, None, ttft_s=2.0)  # a TTFT SLO commanded later switches the default on too
+    assert b.lost_yield
+
+
 def test_when_every_prompt_is_lost_none_yields(monkeypatch):
     monkeypatch.setenv("ECOSERVE_LOST_YIELD", "1")
     b = EngineBudget(2048, tpot_s=0.1, ttft_s=0.1, floor=64)  # all past due
@@ -99,6 +112,7 @@ def test_when_every_prompt_is_lost_none_yields(monkeypatch):
     ({"ECOSERVE_TPOT_SLO": "0.1", "ECOSERVE_CHUNK_FLOOR": "0"}, "ECOSERVE_CHUNK_FLOOR"),
     ({"ECOSERVE_TPOT_SLO": "0.1", "ECOSERVE_TTFT_SLO": "-1"}, "ECOSERVE_TTFT_SLO"),
     ({"ECOSERVE_TPOT_SLO": "0.1", "ECOSERVE_TTFT_SLO": "2", "ECOSERVE_LOST_YIELD": "yes"}, "ECOSERVE_LOST_YIELD"),
+    ({"ECOSERVE_TPOT_SLO": "0.1", "ECOSERVE_FLOOR_WITHIN_TPOT": "2"}, "ECOSERVE_FLOOR_WITHIN_TPOT"),
 ])  # fmt: skip
 def test_bad_settings_are_refused_at_start(monkeypatch, settings, named):
     for k, v in settings.items():

@@ -136,6 +136,7 @@ class Stream(threading.Thread):
         self.url = server.url
         self.headers = server.headers
         self.tokens: list[int] = []
+        self.first_token_at: float | None = None  # time.time() the first token arrived
         self.error: BaseException | None = None
         self.start()
 
@@ -147,6 +148,8 @@ class Stream(threading.Thread):
                     if line.startswith("data: {"):
                         for choice in json.loads(line[6:])["choices"]:
                             self.tokens.extend(choice.get("token_ids") or [])
+                        if self.tokens and self.first_token_at is None:
+                            self.first_token_at = time.time()
         except BaseException as e:  # reported by result()
             self.error = e
 
@@ -403,6 +406,38 @@ def test_chunked_phase_with_a_tpot_slo_sizes_chunks_from_the_decoders_slack(eco,
     start, pushes = _released_together(eco, eco_zmq, "chunked", n=n, prompt_len=400)
     loose = _steps(pushes, start)
     assert max(r.prefill_tokens for r in loose if r.decode_batch) > 64, loose
+
+
+def _long_then_short(server: Server, ttft_s: float) -> tuple[float, float, float]:
+    """Beside a decoder that keeps every step at the floor (a 1 ms TPOT: always late),
+    a 3,000-token prompt queued 1.2 s before a 10-token one, both released into
+    `chunked` with this TTFT SLO. Returns (release time, the long prompt's first
+    token time, the short one's)."""
+    salt = next(_fresh)
+    decoder = Stream(server, prompt(salt % 7), max_tokens=3000)  # outlives both prompts (asserted below)
+    wait_for(lambda: decoder.tokens, 60, "the decoder's first token")
+    _command(server, phase="decode", tpot_s=0.001, ttft_s=ttft_s)
+    long = Stream(server, [4 + (salt * 389 + k * 13) % 1000 for k in range(3000)], max_tokens=1)
+    wait_for(lambda: server.status().num_waiting == 1, 60, "the long prompt queued")
+    time.sleep(1.2)
+    short = Stream(server, [4 + (salt * 71 + k * 7) % 1000 for k in range(10)], max_tokens=1)
+    wait_for(lambda: server.status().num_waiting == 2, 60, "both queued")
+    released = time.time()
+    server.set_phase("chunked")
+    long.result(), short.result()
+    assert len(decoder.tokens) < 3000, "the decoder finished before the prompts: nothing kept them to the floor"
+    decoder.result()
+    return released, long.first_token_at, short.first_token_at
+
+
+def test_a_lost_prompt_yields_to_one_that_can_still_meet_its_ttft(eco):
+    # TTFT 1 s: the long prompt is past due when released (lost); the short one can still make it, so (a TTFT
+    # SLO turns ECOSERVE_LOST_YIELD on by default) the long one sits out from its second chunk on.
+    released, long_at, short_at = _long_then_short(eco, ttft_s=1.0)
+    assert short_at < long_at - 0.75 * (long_at - released), (released, long_at, short_at)
+    # Control, a 1 h TTFT: nobody is lost, and the short prompt waits for the long one's chunks, in vLLM's order.
+    released, long_at, short_at = _long_then_short(eco, ttft_s=3600.0)
+    assert short_at > long_at - 0.25 * (long_at - released), (released, long_at, short_at)
 
 
 def test_chunked_outputs_are_identical_to_the_stock_scheduler(eco, stock):

@@ -63,6 +63,9 @@ def test_the_floor_can_be_cut_to_a_step_within_one_tpot():
     rule = ChunkBudgetRule(tpot=0.035, static_budget=128, max_budget=2048, floor_within_tpot=True)
     assert rule.prompt_budget(0.035, 10, 0, steps()) == 50
     assert ChunkBudgetRule(tpot=0.035, static_budget=128, max_budget=2048).prompt_budget(0.035, 10, 0, steps()) == 118
+    # a 20 ms TPOT: the decodes alone take 30 ms, no cut keeps them within it: the static floor stands
+    assert ChunkBudgetRule(tpot=0.02, static_budget=128, max_budget=2048, floor_within_tpot=True).prompt_budget(
+        0.02, 10, 0, steps()) == 118
     # a 50 ms TPOT: the static floor's step (41.8 ms) fits: it stands
     assert ChunkBudgetRule(tpot=0.05, static_budget=128, max_budget=2048, floor_within_tpot=True).prompt_budget(
         0.05, 10, 0, steps()) == 118
