@@ -304,6 +304,14 @@ def _ensure_model(path: str, size: str) -> None:
     "included). --no-kv-events: estimate each engine's cache from the prompts routed there (LRU, bounded by its "
     "KV blocks), as for engines without events.",
 )
+@click.option(
+    "--lost-yield/--no-lost-yield",
+    "lost_yield",
+    default=False,
+    show_default=True,
+    help="ecoserve, ecoserve-trickle: a queued request whose TTFT is already lost (past due even if prefilled now) "
+    "waits behind the ones that can still meet theirs; it is still served, once none of them waits.",
+)
 @quiet_option(short=False, legacy=False, help="No engine start-up progress (engines healthy / total) on stderr.")
 @policy_options
 @http_options
@@ -314,7 +322,7 @@ def serve(model, engines, engine_urls, launcher_kind, ray_address, host, port, p
           cpu_kv_cache_gib, tokenizer, engine_api_key, log_dir, startup_timeout, max_pending, max_body_bytes,
           generate_model, log_level, min_engines, max_engines, macro_min, macro_max, scale_cooldown, scale_in_hold,
           ttft_window, replace_failed, shutdown_grace, engine_args, served_model_name, http, quiet,
-          prefix_routing, kv_events) -> None:  # fmt: skip
+          prefix_routing, kv_events, lost_yield) -> None:  # fmt: skip
     """Serve an OpenAI-compatible API (/v1/completions, /v1/chat/completions,
     /v1/models, /health, /metrics, /ecoserve/status) over vLLM engines
     scheduled by EcoServe. Arguments after -- go to every local vLLM engine
@@ -344,7 +352,7 @@ def serve(model, engines, engine_urls, launcher_kind, ray_address, host, port, p
             policy, SLO(slo_ttft, slo_tpot), slack_mode=slack_mode, output_reservation=output_reservation,
             decode_margin_s=decode_margin_s, mitosis=mitosis, autoscale=autoscale,
             prefill_points=prefill_points, prefill_coeffs=prefill_coeffs, trickle_budget=chunk_size,
-            decode_points=decode_points if policy == "ecoserve-trickle" else None,
+            decode_points=decode_points if policy == "ecoserve-trickle" else None, lost_yield=lost_yield,
         )  # fmt: skip
     except ValueError as e:
         raise click.UsageError(str(e)) from None

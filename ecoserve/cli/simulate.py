@@ -95,6 +95,9 @@ def common_options(f):
         click.option("--prefix-routing/--no-prefix-routing", "prefix_routing", default=True, show_default=True,
                      help="EcoServe: route a request to the instance holding the longest prefix of its prompt, "
                           "inside the constraint check (with --prefix-cache)."),
+        click.option("--lost-yield/--no-lost-yield", "lost_yield", default=False, show_default=True,
+                     help="ecoserve, ecoserve-trickle: a queued request whose TTFT is lost (past due even if "
+                          "prefilled now) waits behind the ones that can still meet theirs."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
     ]
     for o in reversed(opts):
@@ -124,7 +127,7 @@ def simulate() -> None:
 
 def _setup(model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft, slo_tpot, burstiness, num_requests, seed,
            slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio, policy="ecoserve", *,
-           prefix_cache=None, prefix_routing=True):  # fmt: skip
+           prefix_cache=None, prefix_routing=True, lost_yield=False):  # fmt: skip
     from ecoserve.sim import SimConfig
     from ecoserve.sim.specs import MODELS
     from ecoserve.workload import WorkloadTemplate, default_slo
@@ -141,7 +144,7 @@ def _setup(model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft
                     output_reservation=output_reservation, decode_margin_s=decode_margin_s,
                     macro_size=macro_size, chunk_size=chunk_size, pd_ratio=pd_ratio,
                     prefix_cache=template.has_blocks if prefix_cache is None else prefix_cache,
-                    prefix_routing=prefix_routing)  # fmt: skip
+                    prefix_routing=prefix_routing, lost_yield=lost_yield)  # fmt: skip
     return cfg, template
 
 
@@ -238,7 +241,7 @@ def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, ma
             launch_delay, scale_interval, scale_cooldown, ttft_window, scale_in_hold, timeline_path, window_s,
             plot_path, model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft, slo_tpot,
             burstiness, num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio,
-            prefix_cache, prefix_routing, as_json, quiet):
+            prefix_cache, prefix_routing, lost_yield, as_json, quiet):
     """Simulate one policy at one rate (or a stepped load): attainment and
     TTFT/TPOT percentiles; with --autoscale, mitosis scaling and its timeline.
     A run longer than a few seconds shows its progress on stderr (-q: not)."""
@@ -249,7 +252,7 @@ def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, ma
 
     cfg, template = _setup(model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft, slo_tpot, burstiness,
                            num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio, policy,
-                           prefix_cache=prefix_cache, prefix_routing=prefix_routing)
+                           prefix_cache=prefix_cache, prefix_routing=prefix_routing, lost_yield=lost_yield)
     if rate_steps is not None and rate is not None:
         raise click.UsageError("give --rate or --rate-steps, not both")
     if rate is None and rate_steps is None and not template.replay:
@@ -371,7 +374,7 @@ def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, ma
 def sweep_cmd(policies, levels, tolerance, min_duration, start_rate, rates, plot_path, quiet, model, hardware, tp,
               cost_model, instances,
               dataset, replay, slo_ttft, slo_tpot, burstiness, num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size,
-              chunk_size, pd_ratio, prefix_cache, prefix_routing, as_json):
+              chunk_size, pd_ratio, prefix_cache, prefix_routing, lost_yield, as_json):
     """Goodput of each policy: the highest rate at which P50/P90/P99 of requests
     meet both SLOs, found by raising the rate until attainment fails and then
     bisecting. Baselines are tried in each of their configurations (Sarathi
@@ -390,7 +393,7 @@ def sweep_cmd(policies, levels, tolerance, min_duration, start_rate, rates, plot
     extra = [float(x) for x in rates.split(",")] if rates else []
     base, template = _setup(model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft, slo_tpot, burstiness,
                             num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio,
-                            prefix_cache=prefix_cache, prefix_routing=prefix_routing)
+                            prefix_cache=prefix_cache, prefix_routing=prefix_routing, lost_yield=lost_yield)
     bar = Progress("simulating", "policies", len(names), quiet=quiet)
     results = []
     t0 = time.perf_counter()

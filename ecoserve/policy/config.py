@@ -24,6 +24,7 @@ from ecoserve.policy.round_robin import RoundRobinRouter
 from ecoserve.policy.router import Router
 from ecoserve.policy.slo import SLO
 from ecoserve.policy.step_time import DecodeStepModel, StepTimePredictor
+from ecoserve.policy.macro_instance import MacroInstance
 from ecoserve.policy.trickle import TrickleMacroInstance
 
 # The routing policies that drive real engines (``ecoserve serve --policy``).
@@ -90,6 +91,9 @@ class PolicyConfig:
     # predictor (None: DEFAULT_DECODE_COEFFS)
     trickle_budget: int = 128
     decode_points: tuple[tuple[int, int, float], ...] | None = None
+    # ecoserve, ecoserve-trickle: queued requests whose TTFT is lost wait behind the
+    # others (MacroInstance.lost_yield)
+    lost_yield: bool = False
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES + EXPERIMENTAL + ("longest-prefix",):
@@ -134,10 +138,11 @@ class PolicyConfig:
             self.slo, predictor, slack_mode=self.slack_mode,
             output_reservation=self.output_reservation, decode_margin_s=self.decode_margin_s,
         )  # fmt: skip
+        ly = self.lost_yield
         if self.policy == "ecoserve-trickle":
             steps, budget = self.step_predictor(predictor), self.trickle_budget
-            return OverallScheduler(checker, lambda c, name: TrickleMacroInstance(c, steps, budget, name))
-        return OverallScheduler(checker)
+            return OverallScheduler(checker, lambda c, name: TrickleMacroInstance(c, steps, budget, name, lost_yield=ly))
+        return OverallScheduler(checker, lambda c, name: MacroInstance(c, name=name, lost_yield=ly))
 
     def chunked_step_budget(self) -> int | None:
         """Tokens per step, decodes included, of an instance in ``CHUNKED``: the

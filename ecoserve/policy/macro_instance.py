@@ -14,6 +14,13 @@ instance come first (``try_detour``), then its cyclic walk over the macro
 instances (``choose_without_affinity``), so prefix routing never moves the
 rolling-activation cursors.
 
+Lost requests (``lost_yield``): a queued request whose first token would come
+too late even if it were prefilled now, alone, has lost its TTFT; the queue is
+re-offered with the others first (each part in arrival order), so past the knee
+one lost request does not hold every later one past its TTFT too. It is still
+served, once nothing that can be saved waits. The same rule as the plugin's
+``ECOSERVE_LOST_YIELD``, one level up.
+
 Phases: routing a request to an instance that is not in a prefill window opens
 one (``SetPhase(PREFILL)``); once every request of the window has its first
 token the window closes (``SetPhase(DECODE)``) and its requests join the
@@ -34,10 +41,13 @@ from ecoserve.policy.tracking import TrackingRouter
 class MacroInstance(TrackingRouter):
     resting_phase = Phase.DECODE  # an instance's phase outside its prefill windows
 
-    def __init__(self, checker: ConstraintChecker, name: str = "m0", *, affinity_min_tokens: int = 512) -> None:
+    def __init__(self, checker: ConstraintChecker, name: str = "m0", *, affinity_min_tokens: int = 512,
+                 lost_yield: bool = False) -> None:  # fmt: skip
         super().__init__()
         self.checker = checker
         self.name = name
+        self.lost_yield = lost_yield
+        self._lost_ids: set[str] = set()  # queued requests found lost (only those still queued are kept)
         self._cursor = 0  # index in _order of the instance that took the previous request
         # A cached prefix at least this long makes its holder tried first (one
         # 512-token block: what vLLM and Mooncake reuse at the least).
@@ -146,6 +156,26 @@ class MacroInstance(TrackingRouter):
             order, n, cur = self._order, len(self._order), self._cursor
             warm.sort(key=lambda iid: (-held[iid], (order.index(iid) - cur) % n))
         return [self._instances[iid] for iid in warm]
+
+    def lost(self, req: RequestState, now: float) -> bool:
+        """Whether ``req``'s TTFT is lost: past due even if prefilled now, alone.
+        Lost stays lost (time only grows), so a verdict is kept."""
+        if req.id in self._lost_ids:
+            return True
+        if now - req.arrival + self.checker.predictor.predict(req.prompt_tokens) > self.checker.slo.ttft:
+            self._lost_ids.add(req.id)
+            return True
+        return False
+
+    def reoffer(self, now: float, only: InstanceState | None = None) -> list[Action]:
+        pending = self._pending
+        if self.lost_yield and pending and self.lost(pending[0], now):
+            lost = [r for r in pending if self.lost(r, now)]
+            self._lost_ids = {r.id for r in lost}
+            if len(lost) < len(pending):  # someone can still be saved: they go first
+                keep = set(map(id, lost))
+                self._pending = type(pending)([r for r in pending if id(r) not in keep] + lost)
+        return super().reoffer(now, only)
 
     def detach_instance(self, instance_id: str) -> InstanceState:
         idx = self._order.index(instance_id)

@@ -37,7 +37,8 @@ Routing a request:
    the stall. The window prefills only, in batches, at the step sizes where
    prefill is cheapest per token; when its members have started, the instance
    goes back to ``CHUNKED``.
-3. Otherwise it waits in the FIFO queue, as under Algorithm 1.
+3. Otherwise it waits in the FIFO queue, as under Algorithm 1 (with
+   ``lost_yield``, the requests whose TTFT is lost behind the others).
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ class TrickleMacroInstance(MacroInstance):
     instance_phase = Phase.CHUNKED  # where its instances start
 
     def __init__(self, checker: ConstraintChecker, steps: StepTimePredictor, trickle_budget: int,
-                 name: str = "m0") -> None:  # fmt: skip
-        super().__init__(checker, name)
+                 name: str = "m0", *, lost_yield: bool = False) -> None:  # fmt: skip
+        super().__init__(checker, name, lost_yield=lost_yield)
         if trickle_budget < 1:
             raise ValueError("trickle_budget must be >= 1")
         self.steps = steps

@@ -91,6 +91,8 @@ class SimConfig:
     # EcoServe's routing prefers the instance holding a request's prefix (inside
     # the constraint check); off: it routes as if prompts shared nothing.
     prefix_routing: bool = True
+    # EcoServe (both): queued requests whose TTFT is lost wait behind the others (PolicyConfig.lost_yield)
+    lost_yield: bool = False
     # Mitosis autoscaling (EcoServe only); the planner's knobs are MitosisConfig's
     autoscale: bool = False
     min_instances: int = 1
@@ -146,7 +148,7 @@ class SimConfig:
             router, self.slo, slack_mode=self.slack_mode, output_reservation=self.output_reservation,  # type: ignore[arg-type]
             decode_margin_s=self.decode_margin_s, mitosis=self.mitosis, autoscale=self.autoscale,
             prefill_points=prefill_points, decode_points=decode_points,
-            trickle_budget=self.chunk_size or DEFAULT_TRICKLE_BUDGET,
+            trickle_budget=self.chunk_size or DEFAULT_TRICKLE_BUDGET, lost_yield=self.lost_yield,
         )  # fmt: skip
 
     @property
@@ -196,6 +198,8 @@ class SimConfig:
             out["prefix_cache"] = True
             if self.policy in ("ecoserve", "ecoserve-trickle"):
                 out["prefix_routing"] = self.prefix_routing
+        if self.lost_yield and self.policy in ("ecoserve", "ecoserve-trickle"):
+            out["lost_yield"] = True
         if self.autoscale:
             out["autoscale"] = {
                 "min_instances": self.min_instances, "max_instances": self.max_instances,
