@@ -99,7 +99,9 @@ ECOSERVE_VARIANTS = {"ecoserve-noprefix": ["--policy", "ecoserve", "--no-prefix-
                      "ecoserve-trickle-64-noprefix": ["--policy", "ecoserve-trickle", "--chunk-size", "64",
                                                       "--no-prefix-routing"],
                      # queued requests whose TTFT is lost wait behind the savable ones (MacroInstance.lost_yield)
-                     "ecoserve-trickle-64-yield": ["--policy", "ecoserve-trickle", "--chunk-size", "64", "--lost-yield"]}
+                     "ecoserve-trickle-64-yield": ["--policy", "ecoserve-trickle", "--chunk-size", "64", "--lost-yield"],
+                     "ecoserve-trickle-2048-yield": ["--policy", "ecoserve-trickle", "--chunk-size", "2048",
+                                                     "--lost-yield"]}
 SYSTEMS = ("ecoserve", *ECOSERVE_VARIANTS, "round-robin", "least-loaded", "fudg-1p1d", *ROUTER_PEERS)
 DEFAULT_SYSTEMS = ("ecoserve", "router-rr-256", "router-rr-512", "router-rr-1024", "router-rr", "router-cache",
                    "router-p2c")

@@ -62,8 +62,12 @@ BASELINES = ("vllm", "sarathi", "sarathi-2048", "sarathi-dyn", "distserve", "moo
 # the best static budget. ecoserve-trickle: trickle-first instance scheduling
 # (policy/trickle.py), its trickle budget the best of Sarathi's.
 VARIANTS = {"ecoserve": ("ecoserve", "min", None), "ecoserve-mean": ("ecoserve", "mean", None),
-            "ecoserve-trickle": ("ecoserve-trickle", "min", None), "sarathi-2048": ("sarathi", None, 2048)}
-ECO = ("ecoserve", "ecoserve-mean", "ecoserve-trickle")
+            "ecoserve-trickle": ("ecoserve-trickle", "min", None), "sarathi-2048": ("sarathi", None, 2048),
+            "ecoserve-trickle-yield": ("ecoserve-trickle", "min", None)}
+# Variants' other SimConfig fields. ecoserve-trickle-yield: queued requests whose TTFT is lost wait behind the
+# savable ones (policy lost_yield; `serve --lost-yield`).
+VARIANT_FIELDS = {"ecoserve-trickle-yield": {"lost_yield": True}}
+ECO = ("ecoserve", "ecoserve-mean", "ecoserve-trickle", "ecoserve-trickle-yield")
 POLICIES = (*ECO, *BASELINES)
 # Code whose source is part of every cell's cache key.
 CODE = ("ecoserve/policy", "ecoserve/sim", "ecoserve/workload", "ecoserve/metrics.py")
@@ -115,9 +119,11 @@ def cells(args) -> list[dict]:
 
 def cell_key(cell: dict, args) -> str:
     policy, slack, budget = VARIANTS.get(cell["policy"], (cell["policy"], None, None))
+    fields = VARIANT_FIELDS.get(cell["policy"])
     blob = json.dumps({**cell, "sim_policy": policy, "slack": slack, "budget": budget, "quick": args.quick,
                        "n": args.num_requests, "dur": args.min_duration, "tol": args.tolerance, "seed": args.seed,
-                       "code": args.code, "costs": args.cost_model}, sort_keys=True)
+                       "code": args.code, "costs": args.cost_model, **({"fields": fields} if fields else {})},
+                      sort_keys=True)
     name = f"{cell['exp']}-{args.cost_model}-{cell['model']}-{cell['hardware']}-{cell['dataset']}-{cell['policy']}"
     return f"{name}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
@@ -129,6 +135,7 @@ def run_cell(cell: dict, args_dict: dict) -> dict:
                     slo_ttft=cell["slo"][0], slo_tpot=cell["slo"][1], cost_model=a.cost_model, chunk_size=budget)
     if slack is not None:
         cfg = replace(cfg, slack_mode=slack)
+    cfg = replace(cfg, **VARIANT_FIELDS.get(cell["policy"], {}))
     template = WorkloadTemplate(cell["dataset"], num_requests=a.num_requests, burstiness=cell["cv"], seed=a.seed,
                                 max_context=MODELS[cell["model"]].max_context)
     t0 = time.perf_counter()
@@ -209,6 +216,7 @@ def report(args, results: dict[str, dict]) -> Path:
     plot.COLORS.setdefault("sarathi-2048", "#bcbd22")
     plot.COLORS.setdefault("sarathi-dyn", "#17becf")
     plot.COLORS.setdefault("ecoserve-trickle", "#8c564b")
+    plot.COLORS.setdefault("ecoserve-trickle-yield", "#7f7f7f")
 
     by = {}
     for res in results.values():
