@@ -310,7 +310,8 @@ def _ensure_model(path: str, size: str) -> None:
     default=False,
     show_default=True,
     help="ecoserve, ecoserve-trickle: a queued request whose TTFT is already lost (past due even if prefilled now) "
-    "waits behind the ones that can still meet theirs; it is still served, once none of them waits.",
+    "waits behind the ones that can still meet theirs; it is still served, once none of them waits. More requests "
+    "meet the SLO past the knee; the lost ones wait longer, without bound under sustained overload.",
 )
 @quiet_option(short=False, legacy=False, help="No engine start-up progress (engines healthy / total) on stderr.")
 @policy_options
