@@ -26,7 +26,11 @@ VLLM_CPU_OMP_THREADS_BIND=0 / 1), same workloads and SLOs:
                  (PyPI) with its round_robin or cache_aware policy over 2 stock vLLM
                  engines, at vLLM's default token budget (2048) or at 256
                  (``ecoserve.bench.peers``); router-kv: its kv_aware policy, fed by
-                 the stock engines' KV-cache events.
+                 the stock engines' KV-cache events;
+- router-rr-plugin: vllm-router round_robin over 2 engines running the EcoServe plugin
+                 alone (no coordinator): the plugin's SLO-aware chunk budget on every
+                 engine (ECOSERVE_TPOT_SLO and ECOSERVE_TTFT_SLO, the workload's SLOs),
+                 the real-engine counterpart of the simulator's sarathi-dyn.
 Every engine except fudg-1p1d's publishes its KV-cache events (ipc://, sha256_cbor
 block hashes), as `ecoserve serve` starts its own; prefix caching is on everywhere
 (vLLM's default).
@@ -102,7 +106,11 @@ ECOSERVE_VARIANTS = {"ecoserve-noprefix": ["--policy", "ecoserve", "--no-prefix-
                      "ecoserve-trickle-64-yield": ["--policy", "ecoserve-trickle", "--chunk-size", "64", "--lost-yield"],
                      "ecoserve-trickle-2048-yield": ["--policy", "ecoserve-trickle", "--chunk-size", "2048",
                                                      "--lost-yield"]}
-SYSTEMS = ("ecoserve", *ECOSERVE_VARIANTS, "round-robin", "least-loaded", "fudg-1p1d", *ROUTER_PEERS)
+# vllm-router over engines that run the plugin alone: system -> the router's policy. The engines'
+# env comes from each workload's SLOs, so they restart per workload (plugin_engine_env).
+PLUGIN_PEERS = {"router-rr-plugin": "round_robin"}
+SYSTEMS = ("ecoserve", *ECOSERVE_VARIANTS, "round-robin", "least-loaded", "fudg-1p1d", *ROUTER_PEERS,
+           *PLUGIN_PEERS)
 DEFAULT_SYSTEMS = ("ecoserve", "router-rr-256", "router-rr-512", "router-rr-1024", "router-rr", "router-cache",
                    "router-p2c")
 LONG_CONTEXT = 2000  # prompt + output of longbench-quarter; the engines' --max-model-len is 2048
@@ -128,7 +136,7 @@ def _spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Engi
 
 
 def start_engine(port: int, core: int, log: Path, *, plugin: bool, kv_dir: str | None = None,
-                 budget: int | None = None) -> EngineProcess:  # fmt: skip
+                 budget: int | None = None, env_extra: dict[str, str] | None = None) -> EngineProcess:  # fmt: skip
     # host None: vLLM's default; plugin False: stock vLLM, no EcoServe plugin loaded at all
     extra = ["--max-num-batched-tokens", str(budget)] if budget else []
     # KV-cache events, as `ecoserve serve` starts its engines with: for the coordinator's prefix
@@ -137,7 +145,7 @@ def start_engine(port: int, core: int, log: Path, *, plugin: bool, kv_dir: str |
         extra += publishing_args(ENGINE_ARGS, kv_events_endpoint(core, port, plugin=plugin))
     cmd = vllm_command(MODEL, port, ENGINE_ARGS + extra, host=None, plugin=plugin)
     env = engine_env({"VLLM_CPU_OMP_THREADS_BIND": str(core), "VLLM_CPU_KVCACHE_SPACE": KV_GIB,
-                      "VLLM_SERVER_DEV_MODE": "1"}, plugin=plugin)  # fmt: skip
+                      "VLLM_SERVER_DEV_MODE": "1", **(env_extra or {})}, plugin=plugin)  # fmt: skip
     if kv_dir:
         cfg = {"kv_connector": "ExampleConnector", "kv_role": "kv_both",
                "kv_connector_extra_config": {"shared_storage_path": kv_dir}}  # fmt: skip
@@ -148,6 +156,16 @@ def start_engine(port: int, core: int, log: Path, *, plugin: bool, kv_dir: str |
             # it ("shape mismatch: [1280, 4, 128] ... [1920, 4, 128]", seen at 1.75 req/s).
             cmd += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", "2048"]
     return _spawn(cmd, log, env)
+
+
+def plugin_engine_env(slo: dict, profile_path: Path | None) -> dict[str, str]:
+    """The env of an engine running the plugin alone, SLO-aware: chunked prefill at the
+    budget the plugin derives from its own requests' slack (vllm_plugin/README.md)."""
+    env = {"ECOSERVE_PHASE": "chunked", "ECOSERVE_TPOT_SLO": str(slo["slo_tpot"]),
+           "ECOSERVE_TTFT_SLO": str(slo["slo_ttft"])}  # fmt: skip
+    if profile_path is not None:
+        env["ECOSERVE_PROFILE"] = str(profile_path)
+    return env
 
 
 def prefix_counters(urls: list[str]) -> tuple[float, float]:
@@ -620,7 +638,7 @@ def main() -> None:
     e_urls = [f"http://127.0.0.1:{p}" for p in ports]
 
     # Phase A: two plugin engines, shared by EcoServe and the NoDG baselines.
-    nodg = [s for s in systems if s != "fudg-1p1d" and s not in ROUTER_PEERS]
+    nodg = [s for s in systems if s != "fudg-1p1d" and s not in ROUTER_PEERS and s not in PLUGIN_PEERS]
     profile_path = a.profile
     if nodg or profile_path is None:
         print("starting 2 plugin engines ...", flush=True)
@@ -713,6 +731,24 @@ def main() -> None:
                                             e_urls, a.cross_check_requests)  # fmt: skip
             router.stop()
         stop_engines(engines, STOP_GRACE_S)
+
+    # Phase D: vllm-router over 2 engines running the plugin alone, restarted per workload.
+    for system in [s for s in systems if s in PLUGIN_PEERS]:
+        for wl, path in workloads.items():
+            if a.cross_check_only:
+                break
+            print(f"starting 2 plugin-only engines for {system} / {wl} ...", flush=True)
+            env = plugin_engine_env(slos[wl], profile_path)
+            engines = [start_engine(p, i, logs / f"{system}-{wl}-engine{i}.log", plugin=True, env_extra=env)
+                       for i, p in enumerate(ports)]  # fmt: skip
+            for u, e in zip(e_urls, engines):
+                e.wait_healthy(u, ENGINE_START_S)
+            router = VllmRouter(e_urls, policy=PLUGIN_PEERS[system], log_path=logs / f"{system}-{wl}.log").start()
+            rec.log(router.process.cmd)
+            results.append(sweep(rec, system, router.url, wl, path, rates[wl], slos[wl], e_urls, capture=True,
+                                 counts=counts[wl], resume=a.resume))
+            router.stop()
+            stop_engines(engines, STOP_GRACE_S)
 
     earlier = out / "results.json"
     if a.keep_others:  # the other systems' runs, from their raw files

@@ -311,7 +311,16 @@ def _ensure_model(path: str, size: str) -> None:
     show_default=True,
     help="ecoserve, ecoserve-trickle: a queued request whose TTFT is already lost (past due even if prefilled now) "
     "waits behind the ones that can still meet theirs; it is still served, once none of them waits. More requests "
-    "meet the SLO past the knee; the lost ones wait longer, without bound under sustained overload.",
+    "meet the SLO past the knee; the lost ones wait longer, without bound under sustained overload "
+    "(see --lost-yield-max-wait).",
+)
+@click.option(
+    "--lost-yield-max-wait",
+    "lost_yield_max_wait",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --lost-yield: a lost request stops yielding once it has waited this many seconds past its TTFT SLO, "
+    "and takes its place in arrival order again (default: no bound).",
 )
 @quiet_option(short=False, legacy=False, help="No engine start-up progress (engines healthy / total) on stderr.")
 @policy_options
@@ -323,7 +332,7 @@ def serve(model, engines, engine_urls, launcher_kind, ray_address, host, port, p
           cpu_kv_cache_gib, tokenizer, engine_api_key, log_dir, startup_timeout, max_pending, max_body_bytes,
           generate_model, log_level, min_engines, max_engines, macro_min, macro_max, scale_cooldown, scale_in_hold,
           ttft_window, replace_failed, shutdown_grace, engine_args, served_model_name, http, quiet,
-          prefix_routing, kv_events, lost_yield) -> None:  # fmt: skip
+          prefix_routing, kv_events, lost_yield, lost_yield_max_wait) -> None:  # fmt: skip
     """Serve an OpenAI-compatible API (/v1/completions, /v1/chat/completions,
     /v1/models, /health, /metrics, /ecoserve/status) over vLLM engines
     scheduled by EcoServe. Arguments after -- go to every local vLLM engine
@@ -345,6 +354,8 @@ def serve(model, engines, engine_urls, launcher_kind, ray_address, host, port, p
 
     if profile_path and prefill_coeffs:
         raise click.UsageError("give --profile or --prefill-coeffs, not both")
+    if lost_yield_max_wait is not None and not lost_yield:
+        raise click.UsageError("--lost-yield-max-wait bounds --lost-yield: give --lost-yield too")
     mitosis, autoscale = _autoscale_config(engines, min_engines, max_engines, macro_min, macro_max, scale_cooldown,
                                            scale_in_hold, ttft_window, bool(engine_urls))  # fmt: skip
     prefill_points, decode_points = _profile_points(profile_path) if profile_path else (None, None)
@@ -354,6 +365,7 @@ def serve(model, engines, engine_urls, launcher_kind, ray_address, host, port, p
             decode_margin_s=decode_margin_s, mitosis=mitosis, autoscale=autoscale,
             prefill_points=prefill_points, prefill_coeffs=prefill_coeffs, trickle_budget=chunk_size,
             decode_points=decode_points if policy == "ecoserve-trickle" else None, lost_yield=lost_yield,
+            lost_yield_max_wait=lost_yield_max_wait,
         )  # fmt: skip
     except ValueError as e:
         raise click.UsageError(str(e)) from None

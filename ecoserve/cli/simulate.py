@@ -98,6 +98,9 @@ def common_options(f):
         click.option("--lost-yield/--no-lost-yield", "lost_yield", default=False, show_default=True,
                      help="ecoserve, ecoserve-trickle: a queued request whose TTFT is lost (past due even if "
                           "prefilled now) waits behind the ones that can still meet theirs."),
+        click.option("--lost-yield-max-wait", "lost_yield_max_wait", type=click.FloatRange(min=0), default=None,
+                     help="With --lost-yield: a lost request stops yielding once it has waited this many seconds "
+                          "past its TTFT SLO (default: no bound)."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
     ]
     for o in reversed(opts):
@@ -127,10 +130,13 @@ def simulate() -> None:
 
 def _setup(model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft, slo_tpot, burstiness, num_requests, seed,
            slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio, policy="ecoserve", *,
-           prefix_cache=None, prefix_routing=True, lost_yield=False):  # fmt: skip
+           prefix_cache=None, prefix_routing=True, lost_yield=False, lost_yield_max_wait=None):  # fmt: skip
     from ecoserve.sim import SimConfig
     from ecoserve.sim.specs import MODELS
     from ecoserve.workload import WorkloadTemplate, default_slo
+
+    if lost_yield_max_wait is not None and not lost_yield:
+        raise click.UsageError("--lost-yield-max-wait bounds --lost-yield: give --lost-yield too")
 
     try:
         max_ctx = MODELS[model].max_context if model in MODELS else _profile_ctx(model)
@@ -144,7 +150,8 @@ def _setup(model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft
                     output_reservation=output_reservation, decode_margin_s=decode_margin_s,
                     macro_size=macro_size, chunk_size=chunk_size, pd_ratio=pd_ratio,
                     prefix_cache=template.has_blocks if prefix_cache is None else prefix_cache,
-                    prefix_routing=prefix_routing, lost_yield=lost_yield)  # fmt: skip
+                    prefix_routing=prefix_routing, lost_yield=lost_yield,
+                    lost_yield_max_wait=lost_yield_max_wait)  # fmt: skip
     return cfg, template
 
 
@@ -241,7 +248,7 @@ def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, ma
             launch_delay, scale_interval, scale_cooldown, ttft_window, scale_in_hold, timeline_path, window_s,
             plot_path, model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft, slo_tpot,
             burstiness, num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio,
-            prefix_cache, prefix_routing, lost_yield, as_json, quiet):
+            prefix_cache, prefix_routing, lost_yield, lost_yield_max_wait, as_json, quiet):
     """Simulate one policy at one rate (or a stepped load): attainment and
     TTFT/TPOT percentiles; with --autoscale, mitosis scaling and its timeline.
     A run longer than a few seconds shows its progress on stderr (-q: not)."""
@@ -252,7 +259,8 @@ def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, ma
 
     cfg, template = _setup(model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft, slo_tpot, burstiness,
                            num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio, policy,
-                           prefix_cache=prefix_cache, prefix_routing=prefix_routing, lost_yield=lost_yield)
+                           prefix_cache=prefix_cache, prefix_routing=prefix_routing, lost_yield=lost_yield,
+                           lost_yield_max_wait=lost_yield_max_wait)
     if rate_steps is not None and rate is not None:
         raise click.UsageError("give --rate or --rate-steps, not both")
     if rate is None and rate_steps is None and not template.replay:
@@ -374,7 +382,7 @@ def run_cmd(policy, rate, rate_steps, records_path, autoscale, min_instances, ma
 def sweep_cmd(policies, levels, tolerance, min_duration, start_rate, rates, plot_path, quiet, model, hardware, tp,
               cost_model, instances,
               dataset, replay, slo_ttft, slo_tpot, burstiness, num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size,
-              chunk_size, pd_ratio, prefix_cache, prefix_routing, lost_yield, as_json):
+              chunk_size, pd_ratio, prefix_cache, prefix_routing, lost_yield, lost_yield_max_wait, as_json):
     """Goodput of each policy: the highest rate at which P50/P90/P99 of requests
     meet both SLOs, found by raising the rate until attainment fails and then
     bisecting. Baselines are tried in each of their configurations (Sarathi
@@ -393,7 +401,8 @@ def sweep_cmd(policies, levels, tolerance, min_duration, start_rate, rates, plot
     extra = [float(x) for x in rates.split(",")] if rates else []
     base, template = _setup(model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft, slo_tpot, burstiness,
                             num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio,
-                            prefix_cache=prefix_cache, prefix_routing=prefix_routing, lost_yield=lost_yield)
+                            prefix_cache=prefix_cache, prefix_routing=prefix_routing, lost_yield=lost_yield,
+                           lost_yield_max_wait=lost_yield_max_wait)
     bar = Progress("simulating", "policies", len(names), quiet=quiet)
     results = []
     t0 = time.perf_counter()

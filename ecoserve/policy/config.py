@@ -92,14 +92,21 @@ class PolicyConfig:
     trickle_budget: int = 128
     decode_points: tuple[tuple[int, int, float], ...] | None = None
     # ecoserve, ecoserve-trickle: queued requests whose TTFT is lost wait behind the
-    # others (MacroInstance.lost_yield)
+    # others (MacroInstance.lost_yield), until they have waited lost_yield_max_wait
+    # seconds past the TTFT SLO (None: no bound)
     lost_yield: bool = False
+    lost_yield_max_wait: float | None = None
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES + EXPERIMENTAL + ("longest-prefix",):
             raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
         if self.trickle_budget < 1:
             raise ValueError("trickle_budget must be >= 1")
+        if self.lost_yield_max_wait is not None:
+            if not self.lost_yield:
+                raise ValueError("lost_yield_max_wait bounds lost_yield: set lost_yield too")
+            if not self.lost_yield_max_wait >= 0:
+                raise ValueError("lost_yield_max_wait must be >= 0 seconds")
         if self.autoscale:
             require_macros(self.policy)
         if self.prefill_points is not None and self.prefill_coeffs is not None:
@@ -138,11 +145,11 @@ class PolicyConfig:
             self.slo, predictor, slack_mode=self.slack_mode,
             output_reservation=self.output_reservation, decode_margin_s=self.decode_margin_s,
         )  # fmt: skip
-        ly = self.lost_yield
+        ly = {"lost_yield": self.lost_yield, "lost_yield_max_wait": self.lost_yield_max_wait}
         if self.policy == "ecoserve-trickle":
             steps, budget = self.step_predictor(predictor), self.trickle_budget
-            return OverallScheduler(checker, lambda c, name: TrickleMacroInstance(c, steps, budget, name, lost_yield=ly))
-        return OverallScheduler(checker, lambda c, name: MacroInstance(c, name=name, lost_yield=ly))
+            return OverallScheduler(checker, lambda c, name: TrickleMacroInstance(c, steps, budget, name, **ly))
+        return OverallScheduler(checker, lambda c, name: MacroInstance(c, name=name, **ly))
 
     def chunked_step_budget(self) -> int | None:
         """Tokens per step, decodes included, of an instance in ``CHUNKED``: the

@@ -18,8 +18,10 @@ Lost requests (``lost_yield``): a queued request whose first token would come
 too late even if it were prefilled now, alone, has lost its TTFT; the queue is
 re-offered with the others first (each part in arrival order), so past the knee
 one lost request does not hold every later one past its TTFT too. It is still
-served, once nothing that can be saved waits. The same rule as the plugin's
-``ECOSERVE_LOST_YIELD``, one level up.
+served, once nothing that can be saved waits, or once it has waited
+``lost_yield_max_wait`` seconds past its TTFT SLO (None: no bound): then it
+takes its place in arrival order again, so sustained overload cannot starve it
+without limit. The same rule as the plugin's ``ECOSERVE_LOST_YIELD``, one level up.
 
 Phases: routing a request to an instance that is not in a prefill window opens
 one (``SetPhase(PREFILL)``); once every request of the window has its first
@@ -42,11 +44,12 @@ class MacroInstance(TrackingRouter):
     resting_phase = Phase.DECODE  # an instance's phase outside its prefill windows
 
     def __init__(self, checker: ConstraintChecker, name: str = "m0", *, affinity_min_tokens: int = 512,
-                 lost_yield: bool = False) -> None:  # fmt: skip
+                 lost_yield: bool = False, lost_yield_max_wait: float | None = None) -> None:  # fmt: skip
         super().__init__()
         self.checker = checker
         self.name = name
         self.lost_yield = lost_yield
+        self.lost_yield_max_wait = lost_yield_max_wait
         self._lost_ids: set[str] = set()  # queued requests found lost (only those still queued are kept)
         self._cursor = 0  # index in _order of the instance that took the previous request
         # A cached prefix at least this long makes its holder tried first (one
@@ -167,14 +170,22 @@ class MacroInstance(TrackingRouter):
             return True
         return False
 
+    def yields(self, req: RequestState, now: float) -> bool:
+        """Whether ``req`` waits behind the savable requests: lost, and not yet
+        ``lost_yield_max_wait`` past its TTFT SLO."""
+        if not self.lost(req, now):
+            return False
+        bound = self.lost_yield_max_wait
+        return bound is None or now - req.arrival <= self.checker.slo.ttft + bound
+
     def reoffer(self, now: float, only: InstanceState | None = None) -> list[Action]:
         pending = self._pending
-        if self.lost_yield and pending and self.lost(pending[0], now):
-            lost = [r for r in pending if self.lost(r, now)]
-            self._lost_ids = {r.id for r in lost}
-            if len(lost) < len(pending):  # someone can still be saved: they go first
-                keep = set(map(id, lost))
-                self._pending = type(pending)([r for r in pending if id(r) not in keep] + lost)
+        if self.lost_yield and pending and self.yields(pending[0], now):
+            yielding = [r for r in pending if self.yields(r, now)]
+            self._lost_ids = {r.id for r in pending if r.id in self._lost_ids}  # only the queued are kept
+            if len(yielding) < len(pending):  # someone can still be saved (or waited too long): they go first
+                keep = set(map(id, yielding))
+                self._pending = type(pending)([r for r in pending if id(r) not in keep] + yielding)
         return super().reoffer(now, only)
 
     def detach_instance(self, instance_id: str) -> InstanceState:

@@ -59,8 +59,9 @@ class TrickleMacroInstance(MacroInstance):
     instance_phase = Phase.CHUNKED  # where its instances start
 
     def __init__(self, checker: ConstraintChecker, steps: StepTimePredictor, trickle_budget: int,
-                 name: str = "m0", *, lost_yield: bool = False) -> None:  # fmt: skip
-        super().__init__(checker, name, lost_yield=lost_yield)
+                 name: str = "m0", *, lost_yield: bool = False,
+                 lost_yield_max_wait: float | None = None) -> None:  # fmt: skip
+        super().__init__(checker, name, lost_yield=lost_yield, lost_yield_max_wait=lost_yield_max_wait)
         if trickle_budget < 1:
             raise ValueError("trickle_budget must be >= 1")
         self.steps = steps

@@ -93,6 +93,7 @@ class SimConfig:
     prefix_routing: bool = True
     # EcoServe (both): queued requests whose TTFT is lost wait behind the others (PolicyConfig.lost_yield)
     lost_yield: bool = False
+    lost_yield_max_wait: float | None = None  # PolicyConfig.lost_yield_max_wait
     # Mitosis autoscaling (EcoServe only); the planner's knobs are MitosisConfig's
     autoscale: bool = False
     min_instances: int = 1
@@ -149,6 +150,7 @@ class SimConfig:
             decode_margin_s=self.decode_margin_s, mitosis=self.mitosis, autoscale=self.autoscale,
             prefill_points=prefill_points, decode_points=decode_points,
             trickle_budget=self.chunk_size or DEFAULT_TRICKLE_BUDGET, lost_yield=self.lost_yield,
+            lost_yield_max_wait=self.lost_yield_max_wait,
         )  # fmt: skip
 
     @property
@@ -200,6 +202,8 @@ class SimConfig:
                 out["prefix_routing"] = self.prefix_routing
         if self.lost_yield and self.policy in ("ecoserve", "ecoserve-trickle"):
             out["lost_yield"] = True
+            if self.lost_yield_max_wait is not None:
+                out["lost_yield_max_wait"] = self.lost_yield_max_wait
         if self.autoscale:
             out["autoscale"] = {
                 "min_instances": self.min_instances, "max_instances": self.max_instances,

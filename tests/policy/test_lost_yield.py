@@ -63,3 +63,42 @@ def test_the_simulator_runs_the_same_rule_and_says_so():
     assert SimConfig(policy="ecoserve-trickle", lost_yield=True).describe()["lost_yield"] is True
     assert "lost_yield" not in SimConfig(policy="sarathi", lost_yield=True).describe()
     assert yielding.summary["ttft_attainment"] > fifo.summary["ttft_attainment"]
+
+
+def _lost_one_waited(max_wait: float | None) -> tuple[MacroInstance, list]:
+    """r1 lost since 0.5 s; at 2.0 it has waited 2.0 s, 1.0 s past its 1 s SLO; r2 (arrived 1.8) is savable."""
+    m = MacroInstance(checker(ttft=1.0), lost_yield=True, lost_yield_max_wait=max_wait)
+    m.add_instance(InstanceState("i0", 1_000), 0.0)
+    m.submit(req("r0", 500, 400, at=0.0), 0.0)
+    m.submit(req("r1", 500, 400, at=0.0), 0.0)
+    m.submit(req("r2", 100, 10, at=1.8), 1.8)
+    return m, m.on_finish("r0", 2.0)
+
+
+@pytest.mark.parametrize(("max_wait", "first"), [(None, "r2"), (1.5, "r2"), (0.99, "r1"), (0.0, "r1")])
+def test_a_bound_on_the_wait_gives_a_lost_request_its_place_back(max_wait, first):
+    """Past ``lost_yield_max_wait`` beyond its SLO a lost request stops yielding: FIFO again for it."""
+    m, actions = _lost_one_waited(max_wait)
+    assert [a.request_id for a in actions if isinstance(a, Routed)] == [first]
+    assert [r.id for r in m.pending()] == [{"r1": "r2", "r2": "r1"}[first]]
+
+
+def test_the_bound_is_validated_where_the_config_is_built():
+    with pytest.raises(ValueError, match="set lost_yield too"):
+        PolicyConfig("ecoserve", lost_yield_max_wait=5.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        PolicyConfig("ecoserve", lost_yield=True, lost_yield_max_wait=-1.0)
+    router = PolicyConfig("ecoserve-trickle", lost_yield=True, lost_yield_max_wait=5.0).build_router()
+    router.add_instance(InstanceState("i0", 1_000), 0.0)
+    assert all(m.lost_yield_max_wait == 5.0 for m in router.macros)
+
+
+@pytest.mark.parametrize("cmd", [["simulate", "run", "--rate", "1"], ["serve", "--engine-url", "http://127.0.0.1:9"]])
+def test_the_cli_refuses_a_bound_without_the_yield(cmd):
+    from click.testing import CliRunner
+
+    from ecoserve.cli import main
+
+    r = CliRunner().invoke(main, [*cmd, "--lost-yield-max-wait", "5"])
+    assert r.exit_code == 2, r.output
+    assert "give --lost-yield too" in r.output
