@@ -21,6 +21,29 @@ def register() -> None:
     from vllm_plugin.version import check_vllm_version
 
     check_vllm_version()
+    _request_amx()
+
+
+def _request_amx() -> None:
+    """Ask Linux for the AMX tile state in this process, where the CPU has it.
+
+    vLLM 0.32's CPU attention picks its AMX kernel for bf16 on such CPUs, but
+    never asks for the tile state (``arch_prctl(ARCH_REQ_XCOMP_PERM)``); oneDNN
+    asks on its first AMX matmul, which a prefill of 5 tokens or more reaches.
+    So an engine whose first request was 1-4 tokens died with SIGILL in its
+    worker (measured on a Sapphire Rapids host: prompts of 1-4 tokens first
+    killed it, 5 and more did not, and after one of those short ones worked).
+    torch asks the same way for its own AMX kernels (``_init_amx``)."""
+    import sys
+
+    torch = sys.modules.get("torch")  # vLLM's processes have it; never import it here for this
+    if torch is None:
+        return
+    try:
+        if torch.cpu._is_amx_tile_supported():
+            torch._C._cpu._init_amx()
+    except (AttributeError, RuntimeError):  # another torch, or not permitted: vLLM's own behaviour stands
+        pass
 
 
 def endpoint_plugin():
