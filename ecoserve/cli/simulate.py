@@ -402,7 +402,7 @@ def sweep_cmd(policies, levels, tolerance, min_duration, start_rate, rates, plot
     base, template = _setup(model, hardware, tp, cost_model, instances, dataset, replay, slo_ttft, slo_tpot, burstiness,
                             num_requests, seed, slack_mode, output_reservation, decode_margin_s, macro_size, chunk_size, pd_ratio,
                             prefix_cache=prefix_cache, prefix_routing=prefix_routing, lost_yield=lost_yield,
-                           lost_yield_max_wait=lost_yield_max_wait)
+                            lost_yield_max_wait=lost_yield_max_wait)
     bar = Progress("simulating", "policies", len(names), quiet=quiet)
     results = []
     t0 = time.perf_counter()
